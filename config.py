@@ -1,0 +1,147 @@
+"""Command-line flags (the published ones, same names and defaults) and derived settings."""
+import argparse
+import datetime
+import os
+import sys
+
+import torch
+
+from custom_models.encoders import ENCODER_ARCHS
+from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC, DECODER_ARCHS
+from utils.errors import CflowError
+
+DATASETS = ('mvtec', 'stc', 'folder', 'demo')
+DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo'}
+STC_MEAN, STC_STD = (0.5, 0.5, 0.5), (0.225, 0.225, 0.225)
+FIBER_BATCH = 256  # N: fibers per training step, as published
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (the usage is one --help away)."""
+
+    def error(self, message):
+        sys.stderr.write(f'{self.prog}: error: {message} (see --help)\n')
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(description='CFLOW-AD: anomaly detection and localization with conditional flows')
+    # The published flags, with the published defaults.
+    p.add_argument('--dataset', default='mvtec', type=str, metavar='D',
+                   help=f'dataset: {"/".join(DATASETS)} (default: mvtec)')
+    p.add_argument('--checkpoint', default='', type=str, metavar='D', help='file with a saved checkpoint')
+    p.add_argument('-cl', '--class-name', default='none', type=str, metavar='C',
+                   help='class name for MVTec/STC/folder (default: none)')
+    p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', type=str, metavar='A',
+                   help=f'feature extractor: {"/".join(ENCODER_ARCHS)} (default: wide_resnet50_2)')
+    p.add_argument('-dec', '--dec-arch', default='freia-cflow', type=str, metavar='A',
+                   help='normalizing flow model: freia-cflow/freia-flow (default: freia-cflow)')
+    p.add_argument('-pl', '--pool-layers', default=3, type=int, metavar='L',
+                   help='number of layers used in the NF model (default: 3)')
+    p.add_argument('-cb', '--coupling-blocks', default=8, type=int, metavar='L',
+                   help='number of coupling blocks in the NF model (default: 8)')
+    p.add_argument('-run', '--run-name', default=0, type=int, metavar='C', help='name of the run (default: 0)')
+    p.add_argument('-inp', '--input-size', default=256, type=int, metavar='C',
+                   help='image resize dimensions (default: 256)')
+    p.add_argument('--action-type', default='norm-train', type=str, metavar='T',
+                   help='norm-train/norm-test (default: norm-train)')
+    p.add_argument('-bs', '--batch-size', default=32, type=int, metavar='B',
+                   help='train batch size (default: 32)')
+    p.add_argument('--lr', type=float, default=2e-4, metavar='LR', help='learning rate (default: 2e-4)')
+    p.add_argument('--meta-epochs', type=int, default=25, metavar='N',
+                   help='number of meta epochs to train (default: 25)')
+    p.add_argument('--sub-epochs', type=int, default=8, metavar='N',
+                   help='number of sub epochs to train (default: 8)')
+    p.add_argument('--pro', action='store_true', default=False, help='enables estimation of AUPRO metric')
+    p.add_argument('--viz', action='store_true', default=False, help='saves test data visualizations')
+    p.add_argument('--workers', default=4, type=int, metavar='G', help='number of data loading workers (default: 4)')
+    p.add_argument('--gpu', default='0', type=str, metavar='G', help='GPU device number')
+    p.add_argument('--no-cuda', action='store_true', default=False, help='disables CUDA training')
+    p.add_argument('--video-path', default='.', type=str, metavar='D',
+                   help='video file path (the published video demo; not supported here)')
+    # Added by this implementation.
+    p.add_argument('--data-path', default=None, type=str, metavar='DIR',
+                   help='dataset folder (default: ./data/MVTec-AD, ./data/STC/shanghaitech or ./data/demo)')
+    p.add_argument('--seed', default=0, type=int, help='seed of every random choice (default: 0)')
+    p.add_argument('--encoder-weights', default=None, type=str, metavar='PATH',
+                   help="torchvision state-dict file of the encoder, or 'none' for a seeded random init "
+                        '(default: torchvision IMAGENET1K_V1, downloaded or from the torch hub cache)')
+    p.add_argument('--output-dir', default='.', type=str, metavar='DIR',
+                   help='where results/, weights/ and viz/ are written (default: .)')
+    p.add_argument('--fiber-chunk', default=65536, type=int, metavar='N',
+                   help='fibers per decoder call at test time; only memory use changes (default: 65536)')
+    p.add_argument('--tf32', action='store_true', default=False,
+                   help='fast mode: TF32 matmuls/convolutions on CUDA (changes results slightly)')
+    p.add_argument('--bf16', action='store_true', default=False,
+                   help='fast mode: bfloat16 autocast for the encoder at test time (changes results slightly)')
+    p.add_argument('--compile', action='store_true', default=False,
+                   help='torch.compile the test-time decoders (same arithmetic, slower start)')
+    return p
+
+
+def select_device(c) -> str:
+    """The torch device to use, with a one-line notice where it is not the asked-for one."""
+    if c.no_cuda:
+        return 'cpu'
+    if not torch.cuda.is_available():
+        print(f'Notice: CUDA is not available, so --gpu {c.gpu} is ignored and the CPU is used')
+        return 'cpu'
+    try:
+        index = int(c.gpu)
+    except ValueError:
+        raise CflowError(f'--gpu takes a device number, got {c.gpu!r}') from None
+    if not 0 <= index < torch.cuda.device_count():
+        raise CflowError(f'--gpu {index} does not exist: this machine has {torch.cuda.device_count()} '
+                         f'CUDA device(s), numbered from 0')
+    return f'cuda:{index}'
+
+
+def derive(c) -> argparse.Namespace:
+    """Check the flags and add the settings the published code derives from them."""
+    if c.dataset not in DATASETS:
+        hint = ' (the published video demo is not supported)' if c.dataset == 'video' else ''
+        raise CflowError(f'unknown --dataset {c.dataset!r}{hint}: choose one of {", ".join(DATASETS)}')
+    if c.enc_arch not in ENCODER_ARCHS:
+        raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
+    if c.dec_arch not in DECODER_ARCHS:
+        raise CflowError(f'unknown decoder -dec {c.dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
+    if c.action_type not in ('norm-train', 'norm-test'):
+        raise CflowError(f'unknown --action-type {c.action_type!r}: choose norm-train or norm-test')
+    if c.action_type == 'norm-test' and not c.checkpoint:
+        raise CflowError('--action-type norm-test needs --checkpoint FILE')
+    for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
+                        ('-inp/--input-size', c.input_size), ('-bs/--batch-size', c.batch_size),
+                        ('--meta-epochs', c.meta_epochs), ('--sub-epochs', c.sub_epochs),
+                        ('--fiber-chunk', c.fiber_chunk)):
+        if value < 1:
+            raise CflowError(f'{flag} must be at least 1, got {value}')
+    if c.pool_layers > 3:
+        raise CflowError(f'-pl/--pool-layers is at most 3, got {c.pool_layers}')
+    if c.dataset == 'demo' and c.class_name == 'none':
+        from custom_datasets.synthetic import DEMO_CLASS
+        c.class_name = DEMO_CLASS
+    if c.data_path is None:
+        if c.dataset not in DEFAULT_DATA_PATHS:
+            raise CflowError(f'--dataset {c.dataset} needs --data-path DIR (the folder holding the class folders)')
+        c.data_path = DEFAULT_DATA_PATHS[c.dataset]
+    if c.action_type == 'norm-test':
+        c.meta_epochs = 1  # as published: one test pass
+    c.img_size = (c.input_size, c.input_size)
+    c.crp_size = (c.input_size, c.input_size)
+    c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else \
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    c.condition_vec = CONDITION_VEC
+    c.clamp_alpha = CLAMP_ALPHA
+    c.fiber_batch = FIBER_BATCH
+    c.model = (f'{c.dataset}_{c.enc_arch}_{c.dec_arch}_pl{c.pool_layers}_cb{c.coupling_blocks}'
+               f'_inp{c.input_size}_run{c.run_name}_{c.class_name}')
+    c.run_date = datetime.datetime.now().strftime('%Y-%m-%d-%H:%M:%S')
+    c.results_dir = os.path.join(c.output_dir, 'results')
+    c.weights_dir = os.path.join(c.output_dir, 'weights')
+    c.viz_dir = os.path.join(c.output_dir, 'viz', f'{c.model}_{c.run_date}')
+    c.device = select_device(c)
+    return c
+
+
+def parse_config(argv=None) -> argparse.Namespace:
+    return derive(build_parser().parse_args(argv))

@@ -1,0 +1,55 @@
+"""Any class folder in the MVTec AD layout.
+
+    <root>/<class>/train/good/*.png|jpg|...          defect-free training images
+    <root>/<class>/test/good/*                       defect-free test images
+    <root>/<class>/test/<defect type>/<name>.<ext>   defective test images
+    <root>/<class>/ground_truth/<defect type>/<name>_mask.png
+"""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+from custom_datasets.common import IMAGE_EXTENSIONS, LabelledImages, check_readable, list_images, require_dir
+from utils.errors import CflowError
+
+
+def list_split(class_dir: str, train: bool,
+               extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Tuple[List[str], List[int], List[Optional[str]]]:
+    """Image paths, labels and mask paths of the train or test split of a class folder."""
+    phase = 'train' if train else 'test'
+    phase_dir = os.path.join(class_dir, phase)
+    require_dir(phase_dir, f'{phase} folder', f'a class folder needs {phase}/good/ (MVTec AD layout)')
+    images, labels, masks = [], [], []
+    for defect in sorted(os.listdir(phase_dir)):
+        defect_dir = os.path.join(phase_dir, defect)
+        if not os.path.isdir(defect_dir):
+            continue
+        paths = list_images(defect_dir, extensions)
+        images += paths
+        if defect == 'good':
+            labels += [0] * len(paths)
+            masks += [None] * len(paths)
+            continue
+        labels += [1] * len(paths)
+        for path in paths:
+            name = os.path.splitext(os.path.basename(path))[0]
+            mask = os.path.join(class_dir, 'ground_truth', defect, f'{name}_mask.png')
+            if not os.path.isfile(mask):
+                raise CflowError(f'defect image {path} has no mask: expected {mask}')
+            masks.append(mask)
+    if not images:
+        raise CflowError(f'no images ({"/".join(extensions)}) under {phase_dir}')
+    if train and any(labels):
+        raise CflowError(f'{phase_dir} holds defect folders; training uses defect-free images only (train/good/)')
+    check_readable(images)
+    return images, labels, masks
+
+
+def folder_dataset(root: str, class_name: str, input_size: int, train: bool,
+                   extensions: Sequence[str] = IMAGE_EXTENSIONS, **norm) -> LabelledImages:
+    require_dir(root, 'data folder', 'pass --data-path to the folder holding the class folders')
+    class_dir = os.path.join(root, class_name)
+    if not os.path.isdir(class_dir):
+        found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        raise CflowError(f'class folder {class_dir} does not exist; {root} holds: '
+                         f'{", ".join(found) if found else "no folders"}')
+    return LabelledImages(*list_split(class_dir, train, extensions), input_size=input_size, train=train, **norm)

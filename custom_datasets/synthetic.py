@@ -1,0 +1,102 @@
+"""A small seeded MVTec-layout class for the offline demo and the tests.
+
+Every image is one woven texture (three sinusoidal gratings with per-image phases, a
+little brightness jitter and pixel noise, mapped to a two-colour palette). Defective
+test images carry a drawn defect, and its mask is written in the MVTec layout:
+
+* ``scratch``: a thin bright line of random length and angle;
+* ``stain``: a dark filled ellipse blended into the texture.
+
+Nothing is downloaded: the same seed writes the same files on every machine.
+"""
+import json
+import os
+import shutil
+from typing import Dict
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from utils.errors import CflowError
+
+DEMO_CLASS = 'textile'
+DEFECT_TYPES = ('scratch', 'stain')
+PALETTE = (np.array([92, 64, 42], dtype=np.float64), np.array([214, 188, 150], dtype=np.float64))
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A size x size x 3 float image of the class's texture, values 0..255."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    weave = np.zeros((size, size))
+    for freq, angle in ((9.0, 0.0), (9.0, np.pi / 2), (23.0, np.pi / 4)):
+        phase = rng.uniform(0, 2 * np.pi)
+        weave += np.sin(2 * np.pi * freq * (x * np.cos(angle) + y * np.sin(angle)) + phase)
+    level = (weave - weave.min()) / (weave.max() - weave.min())
+    level = np.clip(level * rng.uniform(0.9, 1.1) + rng.normal(0, 0.04, level.shape), 0, 1)
+    return PALETTE[0] + level[..., None] * (PALETTE[1] - PALETTE[0])
+
+
+def _draw_defect(rng: np.random.Generator, image: np.ndarray, defect: str):
+    """Draw one defect on ``image`` (in place) and return its 0/255 mask."""
+    size = image.shape[0]
+    mask = Image.new('L', (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    if defect == 'scratch':
+        cx, cy = rng.uniform(0.25, 0.75, 2) * size
+        length, angle = rng.uniform(0.2, 0.45) * size, rng.uniform(0, np.pi)
+        dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=max(3, size // 40))
+        colour, alpha = np.array([250.0, 250.0, 235.0]), 0.9
+    else:
+        cx, cy = rng.uniform(0.25, 0.75, 2) * size
+        rx, ry = rng.uniform(0.05, 0.12, 2) * size
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+        colour, alpha = np.array([40.0, 30.0, 60.0]), 0.75
+    m = np.asarray(mask) > 0
+    image[m] = (1 - alpha) * image[m] + alpha * colour
+    return np.where(m, 255, 0).astype(np.uint8)
+
+
+def _save(array: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8)).save(path)
+
+
+def make_demo_class(root: str, class_name: str = DEMO_CLASS, seed: int = 0, image_size: int = 192,
+                    n_train: int = 64, n_test_good: int = 16, n_test_defect: int = 12) -> str:
+    """Write the demo class under ``root/class_name`` unless the same one is already there.
+
+    A marker file records the settings; a folder without it (an interrupted run) or with
+    other settings is written anew. Returns the class folder.
+    """
+    settings: Dict = dict(seed=seed, image_size=image_size, n_train=n_train,
+                          n_test_good=n_test_good, n_test_defect=n_test_defect, version=1)
+    class_dir = os.path.join(root, class_name)
+    marker = os.path.join(class_dir, '.complete.json')
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            if json.load(f) == settings:
+                return class_dir
+    if os.path.isdir(class_dir):
+        # Only a folder this generator started (it leaves ``.synthetic``) is ever removed.
+        if not os.path.isfile(os.path.join(class_dir, '.synthetic')):
+            raise CflowError(f'{class_dir} exists and was not made by the demo generator: '
+                             f'pass another --data-path for the demo')
+        shutil.rmtree(class_dir)
+    os.makedirs(class_dir)
+    open(os.path.join(class_dir, '.synthetic'), 'w').close()
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        _save(_texture(rng, image_size), os.path.join(class_dir, 'train', 'good', f'{i:03d}.png'))
+    for i in range(n_test_good):
+        _save(_texture(rng, image_size), os.path.join(class_dir, 'test', 'good', f'{i:03d}.png'))
+    for defect in DEFECT_TYPES:
+        for i in range(n_test_defect):
+            image = _texture(rng, image_size)
+            mask = _draw_defect(rng, image, defect)
+            _save(image, os.path.join(class_dir, 'test', defect, f'{i:03d}.png'))
+            os.makedirs(os.path.join(class_dir, 'ground_truth', defect), exist_ok=True)
+            Image.fromarray(mask).save(os.path.join(class_dir, 'ground_truth', defect, f'{i:03d}_mask.png'))
+    with open(marker, 'w') as f:
+        json.dump(settings, f)
+    return class_dir

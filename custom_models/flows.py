@@ -1,0 +1,67 @@
+"""Decoders: one FrEIA 0.2 normalizing flow per pool layer, and their log-likelihood.
+
+Each decoder maps a fiber (the C feature values at one position) to z ~ N(0, I):
+    log p(x) = -C * ln(sqrt(2*pi)) - 0.5 * ||z||^2 + log|det J|
+and the published code scores and trains on the per-dimension value log p(x) / C.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import FrEIA.framework as Ff
+import FrEIA.modules as Fm
+
+from utils.errors import CflowError
+
+DECODER_ARCHS = ('freia-cflow', 'freia-flow')
+CONDITION_VEC = 128  # channels of the positional encoding (P)
+CLAMP_ALPHA = 1.9
+GAUSS_CONST = -0.9189385332046727  # ln(1 / sqrt(2*pi))
+
+
+def subnet_fc(dims_in: int, dims_out: int) -> nn.Module:
+    """The coupling sub-network: Linear(d_in, 2 d_in) -> ReLU -> Linear(2 d_in, d_out)."""
+    return nn.Sequential(nn.Linear(dims_in, 2 * dims_in), nn.ReLU(), nn.Linear(2 * dims_in, dims_out))
+
+
+def build_decoder(dec_arch: str, n_feat: int, coupling_blocks: int,
+                  condition_vec: int = CONDITION_VEC, clamp_alpha: float = CLAMP_ALPHA) -> Ff.SequenceINN:
+    """A ``SequenceINN`` of ``coupling_blocks`` AllInOneBlocks over ``n_feat`` channels.
+
+    ``freia-cflow`` conditions every block on the positional encoding; ``freia-flow``
+    is the same flow without a condition. The soft permutations are drawn from numpy's
+    global RNG (scipy's special_ortho_group), so seeding numpy fixes them.
+    """
+    if dec_arch not in DECODER_ARCHS:
+        raise CflowError(f'unknown decoder {dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
+    coder = Ff.SequenceINN(n_feat)
+    cond = dict(cond=0, cond_shape=(condition_vec,)) if dec_arch == 'freia-cflow' else {}
+    for _ in range(coupling_blocks):
+        coder.append(Fm.AllInOneBlock, subnet_constructor=subnet_fc, affine_clamping=clamp_alpha,
+                     global_affine_type='SOFTPLUS', permute_soft=True, **cond)
+    return coder
+
+
+def build_decoders(dec_arch: str, pool_dims: List[int], coupling_blocks: int) -> List[Ff.SequenceINN]:
+    return [build_decoder(dec_arch, dim, coupling_blocks) for dim in pool_dims]
+
+
+def is_conditional(decoder: Ff.SequenceINN) -> bool:
+    return decoder.conditions[0] is not None
+
+
+def log_likelihood(decoder: Ff.SequenceINN, fibers: torch.Tensor,
+                   positions: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-dimension log-likelihood log p(x) / C of each row of ``fibers`` (N x C)."""
+    C = fibers.shape[1]
+    if is_conditional(decoder):
+        z, log_jac_det = decoder(fibers, [positions])
+    else:
+        z, log_jac_det = decoder(fibers)
+    log_p = C * GAUSS_CONST - 0.5 * torch.sum(z ** 2, 1) + log_jac_det
+    return log_p / C
+
+
+def nll_loss(log_prob: torch.Tensor) -> torch.Tensor:
+    """The published training loss per fiber: -log sigmoid(log p / C)."""
+    return -torch.nn.functional.logsigmoid(log_prob)

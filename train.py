@@ -1,0 +1,231 @@
+"""Training and test loops (``norm-train``, ``norm-test``), following the published code.
+
+Training, per image batch and per pool layer: a fresh random permutation of the
+B*H*W fibers, cut into floor(E/N) batches of N = 256; each step minimises
+-logsigmoid(log p / C) with Adam over all decoders together, ``zero_grad(set_to_none=False)``
+as in torch 1.8. Testing scores every fiber of the test set (all at once per batch),
+turns the log-likelihoods into anomaly maps and computes the metrics.
+"""
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from custom_datasets import build_datasets
+from custom_models.encoders import build_encoder, imagenet_weights_cached, tap_shapes
+from custom_models.fibers import score_feature_map, to_fibers
+from custom_models.flows import build_decoders, log_likelihood, nll_loss
+from utils.anomaly_map import anomaly_maps, image_scores
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import CflowError
+from utils.metrics import aupro, detection_auroc, localization_auroc
+from utils.results import METRIC_NAMES, ScoreObserver, write_results
+from utils.schedule import cosine_lr, set_lr, warmup_lr
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy (FrEIA's soft permutations) and torch (init, permutations, loaders)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encoder_weights_choice(c) -> str:
+    """'imagenet', 'none' or a path: what ``build_encoder`` loads, with a notice where it matters."""
+    if c.encoder_weights is not None:
+        if c.encoder_weights == 'none':
+            print('Notice: random-init encoder (--encoder-weights none); scores are not comparable to the paper')
+        return c.encoder_weights
+    if c.action_type == 'norm-test':
+        return 'none'  # every encoder weight comes from the checkpoint
+    if c.dataset == 'demo' and not imagenet_weights_cached(c.enc_arch):
+        print(f'Notice: no ImageNet weights for {c.enc_arch} in the torch hub cache; the demo uses a '
+              f'seeded random-init encoder (scores are lower than with ImageNet weights)')
+        return 'none'
+    return 'imagenet'
+
+
+def check_fiber_count(c, encoder, n_train: int) -> None:
+    """Fail before training if a batch cannot fill one fiber batch of N at some layer."""
+    if n_train < c.batch_size:
+        raise CflowError(f'the training set has {n_train} images, fewer than -bs/--batch-size {c.batch_size} '
+                         f'(incomplete batches are dropped, as published): lower --batch-size')
+    for name, (C, H, W) in zip(encoder.tap_names, tap_shapes(c.enc_arch, c.pool_layers, c.input_size)):
+        fibers = c.batch_size * H * W
+        if fibers < c.fiber_batch:
+            raise CflowError(f'pool layer {name} gives {c.batch_size} x {H} x {W} = {fibers} fibers per image batch, '
+                             f'fewer than one fiber batch of {c.fiber_batch}: raise -bs/--batch-size or -inp/--input-size')
+
+
+def make_loader(c, dataset, train: bool) -> DataLoader:
+    kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'))
+    if c.workers > 0:
+        kwargs['persistent_workers'] = False
+    generator = torch.Generator().manual_seed(c.seed + (0 if train else 1))
+    return DataLoader(dataset, batch_size=c.batch_size, shuffle=train, drop_last=train,
+                      generator=generator, **kwargs)
+
+
+def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optimizer) -> float:
+    """One meta epoch of ``c.sub_epochs`` passes; returns the last sub-epoch's mean loss."""
+    for decoder in decoders:
+        decoder.train()
+    set_lr(optimizer, cosine_lr(c.lr, epoch, c.meta_epochs))
+    n_batches = len(loader)
+    N = c.fiber_batch
+    mean_loss = float('nan')
+    for sub_epoch in range(c.sub_epochs):
+        loss_sum = torch.zeros((), device=c.device, dtype=torch.float64)
+        loss_count = 0
+        bar = tqdm(loader, desc=f'epoch {epoch}.{sub_epoch}', leave=False, disable=None)
+        for i, (image, _, _) in enumerate(bar):
+            warm = warmup_lr(c.lr, c.meta_epochs, epoch, i + sub_epoch * n_batches, n_batches * c.sub_epochs)
+            if warm is not None:
+                set_lr(optimizer, warm)
+            with torch.no_grad():
+                taps = encoder(image.to(c.device, non_blocking=True))
+            for feature_map, decoder in zip(taps, decoders):
+                fibers, positions = to_fibers(feature_map, c.condition_vec)
+                perm = torch.randperm(fibers.shape[0]).to(c.device)
+                for f in range(fibers.shape[0] // N):
+                    idx = perm[f * N:(f + 1) * N]
+                    log_prob = log_likelihood(decoder, fibers[idx], positions[idx])
+                    loss = nll_loss(log_prob)
+                    optimizer.zero_grad(set_to_none=False)
+                    loss.mean().backward()
+                    optimizer.step()
+                    loss_sum += loss.detach().sum()
+                    loss_count += loss.shape[0]
+        mean_loss = loss_sum.item() / max(loss_count, 1)
+        print(f'Epoch: {epoch:d}.{sub_epoch:d} \t train loss: {mean_loss:.4f}, lr={optimizer.param_groups[0]["lr"]:.6f}')
+    return mean_loss
+
+
+@dataclass
+class TestScores:
+    log_probs: List[torch.Tensor]  # per pool layer, N x H_l x W_l
+    labels: np.ndarray             # N, 0/1
+    masks: np.ndarray              # N x inp x inp, bool
+    loss: float
+    images_per_second: float
+
+
+def score_test_set(c, loader: DataLoader, encoder, decoders, test_decoders=None) -> TestScores:
+    """Per-layer log-likelihood of every position of every test image."""
+    for decoder in decoders:
+        decoder.eval()
+    test_decoders = test_decoders or decoders
+    per_layer = [[] for _ in decoders]
+    labels, masks = [], []
+    start = time.time()
+    autocast = torch.autocast(device_type=c.device.split(':')[0], dtype=torch.bfloat16, enabled=c.bf16)
+    with torch.inference_mode():
+        for image, label, mask in tqdm(loader, desc='test', leave=False, disable=None):
+            labels.append(label.numpy())
+            masks.append(mask[:, 0].numpy() != 0)
+            with autocast:
+                taps = encoder(image.to(c.device, non_blocking=True))
+            for l, (feature_map, decoder) in enumerate(zip(taps, test_decoders)):
+                per_layer[l].append(score_feature_map(decoder, feature_map.float(), c.condition_vec, c.fiber_chunk))
+        log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
+    seconds = time.time() - start
+    loss = torch.cat([nll_loss(lp.flatten().double()) for lp in log_probs]).mean().item()
+    return TestScores(log_probs, np.concatenate(labels), np.concatenate(masks), loss,
+                      len(loader.dataset) / max(seconds, 1e-9))
+
+
+def evaluate(c, scores: TestScores):
+    """Anomaly maps, image scores and the metrics (in %) of one test pass."""
+    maps = anomaly_maps(scores.log_probs, c.crp_size)
+    image_score = image_scores(maps)
+    metrics = {'DET_AUROC': 100.0 * detection_auroc(scores.labels, image_score),
+               'SEG_AUROC': 100.0 * localization_auroc(scores.masks, maps)}
+    if c.pro:
+        metrics['SEG_AUPRO'] = 100.0 * aupro(scores.masks, maps)
+    return maps, image_score, metrics
+
+
+def build_model(c):
+    """Encoder and decoders on ``c.device``, seeded; checkpoint loaded for norm-test."""
+    seed_everything(c.seed)
+    encoder = build_encoder(c.enc_arch, c.pool_layers, encoder_weights_choice(c))
+    decoders = build_decoders(c.dec_arch, encoder.pool_dims, c.coupling_blocks)
+    if c.checkpoint:
+        load_checkpoint(c.checkpoint, encoder, decoders)
+        print(f'Loading weights from {c.checkpoint}')
+    encoder = encoder.to(c.device)
+    if c.device.startswith('cuda'):
+        encoder = encoder.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    if c.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    decoders = [decoder.to(c.device) for decoder in decoders]
+    return encoder, decoders
+
+
+def run(c) -> dict:
+    """Train (or load) and test as the flags say; write results and checkpoints."""
+    train_set, test_set = build_datasets(c)
+    encoder, decoders = build_model(c)
+    print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
+          f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / {len(test_set)} test images')
+    test_loader = make_loader(c, test_set, train=False)
+    test_decoders = [torch.compile(d) for d in decoders] if c.compile else None
+    optimizer, train_loader = None, None
+    if c.action_type == 'norm-train':
+        check_fiber_count(c, encoder, len(train_set))
+        params = [p for decoder in decoders for p in decoder.parameters()]
+        optimizer = torch.optim.Adam(params, lr=c.lr)
+        train_loader = make_loader(c, train_set, train=True)
+
+    observers = {name: ScoreObserver(name) for name in METRIC_NAMES}
+    history, checkpoints = [], []
+    best_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}.pt')
+    maps = image_score = scores = None
+    for epoch in range(c.meta_epochs):
+        train_loss = None
+        if optimizer is not None:
+            print(f'Train meta epoch: {epoch}')
+            train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer)
+        scores = score_test_set(c, test_loader, encoder, decoders, test_decoders)
+        print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
+        maps, image_score, metrics = evaluate(c, scores)
+        improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()}
+        if improved['SEG_AUROC'] and optimizer is not None:
+            save_checkpoint(best_path, encoder, decoders)
+            print(f'Saving weights to {best_path}')
+            if best_path not in checkpoints:
+                checkpoints.append(best_path)
+        history.append({'epoch': epoch, 'train_loss': train_loss, 'test_loss': scores.loss,
+                        'test_fps': scores.images_per_second, **metrics})
+
+    if optimizer is not None:
+        final_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}_final.pt')
+        save_checkpoint(final_path, encoder, decoders)
+        checkpoints.append(final_path)
+        print(f'Saving final weights to {final_path}')
+    files = write_results(c, observers, history, checkpoints)
+    print_summary(c, observers, history)
+    if c.viz:
+        from utils.viz import save_visualizations
+        files['viz'] = save_visualizations(c, test_set, maps, image_score, scores.labels, scores.masks)
+        print(f'Visualizations in {files["viz"]}')
+    print(f'Results in {files["text"]} and {files["json"]}')
+    return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
+            'maps': maps, 'scores': image_score, 'labels': scores.labels}
+
+
+def print_summary(c, observers, history) -> None:
+    last = history[-1]
+    print(f'Result for {c.class_name} ({c.model}, seed {c.seed}):')
+    for name, o in observers.items():
+        if o.last is None:
+            continue
+        print(f'  {name}: max {o.max_score:.2f} at epoch {o.max_epoch} | last (epoch {last["epoch"]}) {o.last:.2f}')

@@ -1,0 +1,66 @@
+"""``--viz`` output: per test image a PNG (image, ground truth, heat-map overlay,
+segmentation at the F1-optimal pixel threshold) and a histogram of image scores."""
+import os
+
+import matplotlib
+matplotlib.use('Agg')  # files only: no display is needed or wanted
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+from sklearn.metrics import precision_recall_curve
+
+
+def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
+    """The pixel threshold maximising F1 over the whole test set (labels: mask != 0)."""
+    precision, recall, thresholds = precision_recall_curve(masks.ravel().astype(bool), maps.ravel())
+    f1 = np.divide(2 * precision * recall, precision + recall,
+                   out=np.zeros_like(precision), where=(precision + recall) > 0)
+    return float(thresholds[np.argmax(f1[:-1])])
+
+
+def display_image(path: str, size) -> np.ndarray:
+    """The test image as shown to the model (resized on both sides), without normalisation."""
+    from custom_datasets.common import read_rgb
+    return np.asarray(read_rgb(path).resize((size[1], size[0]), Image.LANCZOS))
+
+
+def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                        masks: np.ndarray) -> str:
+    """Write the figures into ``c.viz_dir`` and return it."""
+    os.makedirs(c.viz_dir, exist_ok=True)
+    has_defects = masks.any()
+    threshold = f1_optimal_threshold(masks, maps) if has_defects else float(np.quantile(maps, 0.99))
+    vmin, vmax = float(maps.min()), float(maps.max())
+    for i, path in enumerate(dataset.x):
+        image = display_image(path, maps.shape[1:])
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+        panels = [(image, 'image', {}), (masks[i], 'ground truth', {'cmap': 'gray', 'vmin': 0, 'vmax': 1})]
+        for ax, (data, title, kw) in zip(axes, panels):
+            ax.imshow(data, **kw)
+            ax.set_title(title)
+        axes[2].imshow(image)
+        axes[2].imshow(maps[i], cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax)
+        axes[2].set_title(f'anomaly map (score {scores[i]:.3g})')
+        segmented = image.copy()
+        segmented[maps[i] > threshold] = (0.5 * segmented[maps[i] > threshold] + [127, 0, 0]).astype(np.uint8)
+        axes[3].imshow(segmented)
+        axes[3].contour(maps[i] > threshold, levels=[0.5], colors='red', linewidths=0.8)
+        axes[3].set_title(f'segmentation (th {threshold:.3g})')
+        for ax in axes:
+            ax.axis('off')
+        fig.tight_layout()
+        defect = os.path.basename(os.path.dirname(path))
+        name = os.path.splitext(os.path.basename(path))[0]
+        fig.savefig(os.path.join(c.viz_dir, f'{i:04d}_{defect}_{name}.png'), dpi=80)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(scores.min(), scores.max(), 30)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label='good')
+    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label='defective')
+    ax.set_xlabel('image anomaly score')
+    ax.set_ylabel('images')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(c.viz_dir, 'score_histogram.png'), dpi=80)
+    plt.close(fig)
+    return c.viz_dir
