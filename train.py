@@ -22,7 +22,7 @@ from custom_models.encoders import build_encoder, imagenet_weights_cached, tap_s
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
 from utils.anomaly_map import anomaly_maps, image_scores
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint_decoders, load_checkpoint_encoder, read_checkpoint, save_checkpoint
 from utils.errors import CflowError
 from utils.metrics import aupro, detection_auroc, localization_auroc
 from utils.results import METRIC_NAMES, ScoreObserver, write_results
@@ -116,23 +116,28 @@ class TestScores:
     images_per_second: float
 
 
+def score_batch(c, encoder, decoders, images: torch.Tensor) -> List[torch.Tensor]:
+    """Per pool layer, B x H_l x W_l log-likelihoods of a batch of normalised images."""
+    autocast = torch.autocast(device_type=c.device.split(':')[0], dtype=torch.bfloat16, enabled=c.bf16)
+    with autocast:
+        taps = encoder(images.to(c.device, non_blocking=True))
+    return [score_feature_map(decoder, feature_map.float(), c.condition_vec, c.fiber_chunk)
+            for feature_map, decoder in zip(taps, decoders)]
+
+
 def score_test_set(c, loader: DataLoader, encoder, decoders, test_decoders=None) -> TestScores:
     """Per-layer log-likelihood of every position of every test image."""
     for decoder in decoders:
         decoder.eval()
-    test_decoders = test_decoders or decoders
     per_layer = [[] for _ in decoders]
     labels, masks = [], []
     start = time.time()
-    autocast = torch.autocast(device_type=c.device.split(':')[0], dtype=torch.bfloat16, enabled=c.bf16)
     with torch.inference_mode():
         for image, label, mask in tqdm(loader, desc='test', leave=False, disable=None):
             labels.append(label.numpy())
             masks.append(mask[:, 0].numpy() != 0)
-            with autocast:
-                taps = encoder(image.to(c.device, non_blocking=True))
-            for l, (feature_map, decoder) in enumerate(zip(taps, test_decoders)):
-                per_layer[l].append(score_feature_map(decoder, feature_map.float(), c.condition_vec, c.fiber_chunk))
+            for l, log_prob in enumerate(score_batch(c, encoder, test_decoders or decoders, image)):
+                per_layer[l].append(log_prob)
         log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
     seconds = time.time() - start
     loss = torch.cat([nll_loss(lp.flatten().double()) for lp in log_probs]).mean().item()
@@ -154,10 +159,13 @@ def evaluate(c, scores: TestScores):
 def build_model(c):
     """Encoder and decoders on ``c.device``, seeded; checkpoint loaded for norm-test."""
     seed_everything(c.seed)
+    state = read_checkpoint(c.checkpoint) if c.checkpoint else None
     encoder = build_encoder(c.enc_arch, c.pool_layers, encoder_weights_choice(c))
+    if state is not None:
+        load_checkpoint_encoder(state, c.checkpoint, encoder)
     decoders = build_decoders(c.dec_arch, encoder.pool_dims, c.coupling_blocks)
-    if c.checkpoint:
-        load_checkpoint(c.checkpoint, encoder, decoders)
+    if state is not None:
+        load_checkpoint_decoders(state, c.checkpoint, decoders)
         print(f'Loading weights from {c.checkpoint}')
     encoder = encoder.to(c.device)
     if c.device.startswith('cuda'):

@@ -4,6 +4,7 @@ Each decoder maps a fiber (the C feature values at one position) to z ~ N(0, I):
     log p(x) = -C * ln(sqrt(2*pi)) - 0.5 * ||z||^2 + log|det J|
 and the published code scores and trains on the per-dimension value log p(x) / C.
 """
+import warnings
 from typing import List, Optional
 
 import torch
@@ -36,9 +37,13 @@ def build_decoder(dec_arch: str, n_feat: int, coupling_blocks: int,
         raise CflowError(f'unknown decoder {dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
     coder = Ff.SequenceINN(n_feat)
     cond = dict(cond=0, cond_shape=(condition_vec,)) if dec_arch == 'freia-cflow' else {}
-    for _ in range(coupling_blocks):
-        coder.append(Fm.AllInOneBlock, subnet_constructor=subnet_fc, affine_clamping=clamp_alpha,
-                     global_affine_type='SOFTPLUS', permute_soft=True, **cond)
+    with warnings.catch_warnings():
+        # FrEIA warns that soft permutations of >512 channels are slow to draw: they are
+        # the published choice, and the cost is a few seconds once per run.
+        warnings.filterwarnings('ignore', message='Soft permutation will take')
+        for _ in range(coupling_blocks):
+            coder.append(Fm.AllInOneBlock, subnet_constructor=subnet_fc, affine_clamping=clamp_alpha,
+                         global_affine_type='SOFTPLUS', permute_soft=True, **cond)
     return coder
 
 

@@ -58,15 +58,28 @@ def check_decoder_states(states: list, decoders: List[torch.nn.Module], source: 
                              f'{_decoder_text(expected)}: check -enc, -pl, -cb and -dec against the checkpoint')
 
 
-def load_checkpoint(path: str, encoder: FeatureEncoder, decoders: List[torch.nn.Module]) -> None:
-    """Load an authors'-format checkpoint into ``encoder`` and ``decoders`` in place."""
+def read_checkpoint(path: str) -> dict:
+    """The state of an authors'-format checkpoint file, checked for its two entries."""
     state = read_state_file(path, 'checkpoint')
     if not isinstance(state, dict) or 'decoder_state_dict' not in state or 'encoder_state_dict' not in state:
         raise CflowError(f'checkpoint {path} is not a CFLOW checkpoint (it needs encoder_state_dict '
                          f'and decoder_state_dict)')
-    source = f'checkpoint {path}'
-    # The encoder first: its message names the architecture, the likelier mistake.
-    load_encoder_state(encoder, state['encoder_state_dict'], source)
-    check_decoder_states(state['decoder_state_dict'], decoders, source)
+    return state
+
+
+def load_checkpoint_encoder(state: dict, path: str, encoder: FeatureEncoder) -> None:
+    """Load the encoder part; done before the decoders are built, as its check is the cheap one."""
+    load_encoder_state(encoder, state['encoder_state_dict'], f'checkpoint {path}')
+
+
+def load_checkpoint_decoders(state: dict, path: str, decoders: List[torch.nn.Module]) -> None:
+    check_decoder_states(state['decoder_state_dict'], decoders, f'checkpoint {path}')
     for decoder, decoder_state in zip(decoders, state['decoder_state_dict']):
         decoder.load_state_dict(decoder_state, strict=True)
+
+
+def load_checkpoint(path: str, encoder: FeatureEncoder, decoders: List[torch.nn.Module]) -> None:
+    """Load an authors'-format checkpoint into ``encoder`` and ``decoders`` in place."""
+    state = read_checkpoint(path)
+    load_checkpoint_encoder(state, path, encoder)
+    load_checkpoint_decoders(state, path, decoders)

@@ -1,0 +1,79 @@
+"""The authors' checkpoints load through --checkpoint and reproduce their outputs."""
+import json
+import os
+
+import pytest
+import torch
+
+from config import parse_config
+from train import build_model, score_batch
+from utils.anomaly_map import anomaly_maps
+from utils.errors import CflowError
+
+from tests.conftest import REFERENCE
+
+FIXTURES = ['cflow_r18', 'cflow_mnv3l']
+
+
+def fixture_config(name, *extra):
+    folder = os.path.join(REFERENCE, name)
+    fx = json.load(open(os.path.join(folder, 'fixture.json')))
+    argv = ['--action-type', 'norm-test', '--checkpoint', os.path.join(folder, 'checkpoint.pt'), '--no-cuda',
+            '-enc', fx['enc_arch'], '-pl', str(fx['pool_layers']), '-cb', str(fx['coupling_blocks']),
+            '-inp', str(fx['input_size']), *extra]
+    return parse_config(argv), folder
+
+
+def relative_error(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@pytest.mark.parametrize('name', FIXTURES)
+def test_checkpoint_reproduces_every_expected_tensor(name):
+    c, folder = fixture_config(name)
+    expected = torch.load(os.path.join(folder, 'expected.pt'), weights_only=False)
+    encoder, decoders = build_model(c)
+    for d in decoders:
+        d.eval()
+    with torch.inference_mode():
+        log_probs = score_batch(c, encoder, decoders, expected['input'])
+    for l, log_prob in enumerate(log_probs):
+        assert log_prob.shape == expected[f'log_prob_{l}'].shape
+        assert relative_error(log_prob, expected[f'log_prob_{l}']) < 1e-4
+    maps = torch.from_numpy(anomaly_maps(log_probs, c.crp_size))
+    assert relative_error(maps, expected['anomaly_map']) < 1e-4
+
+
+def test_wrong_encoder_names_expected_and_found():
+    c, _ = fixture_config('cflow_r18', '-enc', 'resnet34')
+    with pytest.raises(CflowError, match=r'holds a resnet18 encoder, but -enc is resnet34.*-enc resnet18'):
+        build_model(c)
+    c, _ = fixture_config('cflow_mnv3l', '-enc', 'wide_resnet50_2')
+    with pytest.raises(CflowError, match='holds a mobilenet_v3_large encoder, but -enc is wide_resnet50_2'):
+        build_model(c)
+
+
+def test_wrong_pool_layer_count_names_expected_and_found():
+    c, _ = fixture_config('cflow_r18', '-pl', '2')
+    with pytest.raises(CflowError, match=r'holds 3 decoders .* model has 2 pool layers: pass -pl 3'):
+        build_model(c)
+
+
+def test_wrong_coupling_block_count_names_expected_and_found():
+    c, _ = fixture_config('cflow_r18', '-cb', '8')
+    with pytest.raises(CflowError, match='decoder 0 has 128 channels, 4 coupling blocks, freia-cflow, '
+                                         'but the model expects 128 channels, 8 coupling blocks'):
+        build_model(c)
+    c, _ = fixture_config('cflow_r18', '-dec', 'freia-flow')
+    with pytest.raises(CflowError, match='expects 128 channels, 4 coupling blocks, freia-flow'):
+        build_model(c)
+
+
+def test_cli_norm_test_reports_a_mismatch_in_one_line(capsys, demo_root):
+    from main import main
+    folder = os.path.join(REFERENCE, 'cflow_r18')
+    rc = main(['--action-type', 'norm-test', '--checkpoint', os.path.join(folder, 'checkpoint.pt'), '--no-cuda',
+               '--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-cb', '8'])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'Traceback' not in err and err.count('\n') == 1
+    assert err.startswith('error: checkpoint') and '4 coupling blocks' in err and 'expects' in err
