@@ -70,12 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help='where results/, weights/ and viz/ are written (default: .)')
     p.add_argument('--fiber-chunk', default=65536, type=int, metavar='N',
                    help='fibers per decoder call at test time; only memory use changes (default: 65536)')
+    p.add_argument('--scorer', default='fused', choices=('fused', 'freia'),
+                   help='test-time scoring: fused (precomputed condition terms) or the FrEIA modules; '
+                        'equal to float32 round-off (default: fused)')
     p.add_argument('--tf32', action='store_true', default=False,
                    help='fast mode: TF32 matmuls/convolutions on CUDA (changes results slightly)')
     p.add_argument('--bf16', action='store_true', default=False,
                    help='fast mode: bfloat16 autocast for the encoder at test time (changes results slightly)')
     p.add_argument('--compile', action='store_true', default=False,
-                   help='torch.compile the test-time decoders (same arithmetic, slower start)')
+                   help='torch.compile the test-time scorers (same maths, slower start)')
     return p
 
 

@@ -6,11 +6,12 @@ B*H*W fibers, cut into floor(E/N) batches of N = 256; each step minimises
 as in torch 1.8. Testing scores every fiber of the test set (all at once per batch),
 turns the log-likelihoods into anomaly maps and computes the metrics.
 """
+import functools
 import os
 import random
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from custom_datasets import build_datasets
 from custom_models.encoders import build_encoder, imagenet_weights_cached, tap_shapes
+from custom_models.fast_flow import FastFlowScorer
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
 from utils.anomaly_map import anomaly_maps, image_scores
@@ -116,27 +118,43 @@ class TestScores:
     images_per_second: float
 
 
-def score_batch(c, encoder, decoders, images: torch.Tensor) -> List[torch.Tensor]:
+def make_scorers(c, decoders) -> List[Callable[[torch.Tensor], torch.Tensor]]:
+    """Per decoder, a function from a B x C x H x W map to B x H x W log-likelihoods.
+
+    ``fused`` (default) precomputes the positional-condition terms and folds the global
+    affine into the permutation (``custom_models/fast_flow.py``); ``freia`` calls the
+    FrEIA modules. Both score all fibers of a batch at once and agree to round-off.
+    """
+    for decoder in decoders:
+        decoder.eval()
+    if c.scorer == 'freia':
+        scorers = [functools.partial(score_feature_map, d, condition_vec=c.condition_vec, chunk=c.fiber_chunk)
+                   for d in decoders]
+    else:
+        scorers = [functools.partial(FastFlowScorer(d, c.condition_vec).to(c.device), chunk=c.fiber_chunk)
+                   for d in decoders]
+    return [torch.compile(s) for s in scorers] if c.compile else scorers
+
+
+def score_batch(c, encoder, scorers, images: torch.Tensor) -> List[torch.Tensor]:
     """Per pool layer, B x H_l x W_l log-likelihoods of a batch of normalised images."""
     autocast = torch.autocast(device_type=c.device.split(':')[0], dtype=torch.bfloat16, enabled=c.bf16)
     with autocast:
         taps = encoder(images.to(c.device, non_blocking=True))
-    return [score_feature_map(decoder, feature_map.float(), c.condition_vec, c.fiber_chunk)
-            for feature_map, decoder in zip(taps, decoders)]
+    return [scorer(feature_map.float()) for feature_map, scorer in zip(taps, scorers)]
 
 
-def score_test_set(c, loader: DataLoader, encoder, decoders, test_decoders=None) -> TestScores:
+def score_test_set(c, loader: DataLoader, encoder, decoders) -> TestScores:
     """Per-layer log-likelihood of every position of every test image."""
-    for decoder in decoders:
-        decoder.eval()
     per_layer = [[] for _ in decoders]
     labels, masks = [], []
     start = time.time()
     with torch.inference_mode():
+        scorers = make_scorers(c, decoders)
         for image, label, mask in tqdm(loader, desc='test', leave=False, disable=None):
             labels.append(label.numpy())
             masks.append(mask[:, 0].numpy() != 0)
-            for l, log_prob in enumerate(score_batch(c, encoder, test_decoders or decoders, image)):
+            for l, log_prob in enumerate(score_batch(c, encoder, scorers, image)):
                 per_layer[l].append(log_prob)
         log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
     seconds = time.time() - start
@@ -185,7 +203,6 @@ def run(c) -> dict:
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / {len(test_set)} test images')
     test_loader = make_loader(c, test_set, train=False)
-    test_decoders = [torch.compile(d) for d in decoders] if c.compile else None
     optimizer, train_loader = None, None
     if c.action_type == 'norm-train':
         check_fiber_count(c, encoder, len(train_set))
@@ -202,7 +219,7 @@ def run(c) -> dict:
         if optimizer is not None:
             print(f'Train meta epoch: {epoch}')
             train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer)
-        scores = score_test_set(c, test_loader, encoder, decoders, test_decoders)
+        scores = score_test_set(c, test_loader, encoder, decoders)
         print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
         maps, image_score, metrics = evaluate(c, scores)
         improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()}

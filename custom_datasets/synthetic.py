@@ -100,3 +100,45 @@ def make_demo_class(root: str, class_name: str = DEMO_CLASS, seed: int = 0, imag
     with open(marker, 'w') as f:
         json.dump(settings, f)
     return class_dir
+
+
+def _write_video(path: str, frames) -> None:
+    import av  # only the STC layout needs PyAV
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with av.open(path, 'w') as container:
+        stream = container.add_stream('mpeg4', rate=10)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = 'yuv420p'
+        for frame in frames:
+            image = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def make_stc_layout(root: str, scene: str = '01', seed: int = 0, image_size: int = 96, n_videos: int = 2,
+                    frames_per_video: int = 10, n_clips: int = 2, frames_per_clip: int = 8) -> str:
+    """A tiny ShanghaiTech Campus layout: training videos, test frames, npy labels and masks.
+
+    In every test clip the second half of the frames carries a stain (label 1, its
+    pixel mask set); the first half is normal (label 0, empty mask).
+    """
+    rng = np.random.default_rng(seed)
+    for v in range(n_videos):
+        frames = [_texture(rng, image_size) for _ in range(frames_per_video)]
+        _write_video(os.path.join(root, 'training', 'videos', f'{scene}_{v + 1:03d}.avi'), frames)
+    for k in range(n_clips):
+        clip = f'{scene}_{k + 1:04d}'
+        labels = np.zeros(frames_per_clip, dtype=np.uint8)
+        masks = np.zeros((frames_per_clip, image_size, image_size), dtype=np.uint8)
+        for t in range(frames_per_clip):
+            image = _texture(rng, image_size)
+            if t >= frames_per_clip // 2:
+                labels[t] = 1
+                masks[t] = _draw_defect(rng, image, 'stain') // 255
+            _save(image, os.path.join(root, 'testing', 'frames', clip, f'{t:03d}.jpg'))
+        for folder, array in (('test_frame_mask', labels), ('test_pixel_mask', masks)):
+            os.makedirs(os.path.join(root, 'testing', folder), exist_ok=True)
+            np.save(os.path.join(root, 'testing', folder, f'{clip}.npy'), array)
+    return root

@@ -29,3 +29,21 @@ def test_fibers_are_row_major_over_batch_rows_columns():
     b, h, w = 1, 2, 3
     assert torch.equal(fibers[b * 20 + h * 5 + w], feature_map[b, :, h, w])
     assert torch.equal(positions[b * 20 + h * 5 + w], positions[h * 5 + w])
+
+
+@pytest.mark.parametrize('dec_arch,channels', [('freia-cflow', 24), ('freia-cflow', 37), ('freia-flow', 37)])
+def test_fused_scorer_equals_the_published_loop(dec_arch, channels):
+    from custom_models.fast_flow import FastFlowScorer
+    np.random.seed(1)
+    torch.manual_seed(1)
+    decoder = build_decoder(dec_arch, channels, 3).eval()
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    feature_map = torch.randn(4, channels, 9, 7)
+    with torch.inference_mode():
+        loop = score_feature_map_loop(decoder, feature_map, 128)
+        scorer = FastFlowScorer(decoder)
+        for chunk in (10_000, 63, 1):  # whole batch, one image per chunk, below one image
+            fused = scorer(feature_map, chunk)
+            assert torch.allclose(fused, loop, rtol=1e-5, atol=1e-5)

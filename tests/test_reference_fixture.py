@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from config import parse_config
-from train import build_model, score_batch
+from train import build_model, make_scorers, score_batch
 from utils.anomaly_map import anomaly_maps
 from utils.errors import CflowError
 
@@ -28,15 +28,14 @@ def relative_error(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
+@pytest.mark.parametrize('scorer', ['fused', 'freia'])
 @pytest.mark.parametrize('name', FIXTURES)
-def test_checkpoint_reproduces_every_expected_tensor(name):
-    c, folder = fixture_config(name)
+def test_checkpoint_reproduces_every_expected_tensor(name, scorer):
+    c, folder = fixture_config(name, '--scorer', scorer)
     expected = torch.load(os.path.join(folder, 'expected.pt'), weights_only=False)
     encoder, decoders = build_model(c)
-    for d in decoders:
-        d.eval()
     with torch.inference_mode():
-        log_probs = score_batch(c, encoder, decoders, expected['input'])
+        log_probs = score_batch(c, encoder, make_scorers(c, decoders), expected['input'])
     for l, log_prob in enumerate(log_probs):
         assert log_prob.shape == expected[f'log_prob_{l}'].shape
         assert relative_error(log_prob, expected[f'log_prob_{l}']) < 1e-4
