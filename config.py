@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='where results/, weights/ and viz/ are written (default: .)')
     p.add_argument('--fiber-chunk', default=65536, type=int, metavar='N',
                    help='fibers per decoder call at test time; only memory use changes (default: 65536)')
+    p.add_argument('--test-cache-mb', default=4096, type=float, metavar='MB',
+                   help='keep the test batches of the first pass in memory up to this size and replay '
+                        'them in later meta epochs (same tensors; 0 = read the files every time; default: 4096)')
     p.add_argument('--scorer', default='fused', choices=('fused', 'freia'),
                    help='test-time scoring: fused (precomputed condition terms) or the FrEIA modules; '
                         'equal to float32 round-off (default: fused)')

@@ -66,12 +66,42 @@ def check_fiber_count(c, encoder, n_train: int) -> None:
 
 
 def make_loader(c, dataset, train: bool) -> DataLoader:
-    kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'))
-    if c.workers > 0:
-        kwargs['persistent_workers'] = False
+    # Training workers live across sub-epochs (200 passes by default) instead of restarting.
+    kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'),
+                  persistent_workers=train and c.workers > 0)
     generator = torch.Generator().manual_seed(c.seed + (0 if train else 1))
     return DataLoader(dataset, batch_size=c.batch_size, shuffle=train, drop_last=train,
                       generator=generator, **kwargs)
+
+
+class ReplayLoader:
+    """A test loader whose first pass is kept in memory and replayed afterwards.
+
+    Test transforms are deterministic, so later passes (one per meta epoch) get the
+    very same tensors without decoding and resizing every image again. Past
+    ``budget_mb`` nothing is kept and every pass reads the files, as before.
+    """
+
+    def __init__(self, loader: DataLoader, budget_mb: float):
+        self.loader, self.dataset = loader, loader.dataset
+        self.budget = budget_mb * 2 ** 20
+        self.batches = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        kept, size = [], 0
+        for batch in self.loader:
+            size += sum(t.numel() * t.element_size() for t in batch)
+            kept = kept if kept is not None and size <= self.budget else None
+            if kept is not None:
+                kept.append(batch)
+            yield batch
+        self.batches = kept
 
 
 def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optimizer) -> float:
@@ -202,7 +232,7 @@ def run(c) -> dict:
     encoder, decoders = build_model(c)
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / {len(test_set)} test images')
-    test_loader = make_loader(c, test_set, train=False)
+    test_loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb)
     optimizer, train_loader = None, None
     if c.action_type == 'norm-train':
         check_fiber_count(c, encoder, len(train_set))

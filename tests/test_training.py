@@ -67,3 +67,27 @@ def test_training_is_reproducible_with_a_seed(demo_root):
 
     assert train_once(5) == train_once(5)
     assert train_once(5) != train_once(6)
+
+
+def test_test_passes_after_the_first_replay_identical_batches_without_reading_files(demo_root, monkeypatch):
+    from train import ReplayLoader, score_test_set
+    c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '64', '-cb', '2',
+                      '-bs', '16', '--workers', '0', '--no-cuda', '--encoder-weights', 'none'])
+    _, test_set = build_datasets(c)
+    encoder, decoders = build_model(c)
+    loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb)
+    first = score_test_set(c, loader, encoder, decoders)
+
+    def no_reading(*args):
+        raise AssertionError('a replayed pass read an image file')
+    monkeypatch.setattr(type(test_set), '__getitem__', no_reading)
+    second = score_test_set(c, loader, encoder, decoders)
+    for a, b in zip(first.log_probs, second.log_probs):
+        assert torch.equal(a, b)
+    assert np.array_equal(first.masks, second.masks) and np.array_equal(first.labels, second.labels)
+
+    # with no budget nothing is kept: the second pass reads the files again
+    monkeypatch.undo()
+    unbuffered = ReplayLoader(make_loader(c, test_set, train=False), 0)
+    score_test_set(c, unbuffered, encoder, decoders)
+    assert unbuffered.batches is None

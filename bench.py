@@ -1,0 +1,285 @@
+"""Speed benchmark: the published (authors'-style) paths against ours, in one run, on the same inputs.
+
+    python bench.py                                   # WRN50, 256x256, batch 32, GPU if there is one
+    python bench.py -enc resnet18 -bs 8 --device cpu  # a CPU-sized run
+
+Measures, each as a ratio to its baseline measured in the same run:
+
+* the test pipeline (encoder + every decoder + anomaly-map assembly) in images/s:
+  authors'-style (256 fibers per decoder call, each result moved to the host, as their
+  test loop does) vs all fibers per call through the FrEIA modules vs the fused scorer
+  (default), plus the opt-in fast modes (TF32 on CUDA, bf16 encoder, torch.compile);
+  each path's maps are compared with the authors'-style ones;
+* the encoder alone;
+* AUPRO: the definition written out (1000 thresholds) vs ours, on the same maps; they
+  must agree to 1e-6;
+* the data loader from image files (decode + resize + normalise), by worker count;
+* peak GPU memory per path (CUDA), and the checkpoint size;
+* with ``--checkpoint`` (trained by the README's demo command): each fast mode's effect
+  on the demo's detection/localization AUROC and AUPRO.
+
+Weights are random (seeded): speed does not depend on them, and no download is needed.
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from custom_datasets.common import LabelledImages, list_images
+from custom_datasets.synthetic import make_demo_class
+from custom_models.encoders import ENCODER_ARCHS, build_encoder
+from custom_models.fast_flow import FastFlowScorer
+from custom_models.fibers import score_feature_map, score_feature_map_loop
+from custom_models.flows import CONDITION_VEC, build_decoders
+from utils.anomaly_map import anomaly_maps
+from utils.checkpoint import save_checkpoint
+from utils.metrics import aupro, aupro_direct
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', choices=ENCODER_ARCHS)
+    p.add_argument('-inp', '--input-size', default=256, type=int)
+    p.add_argument('-bs', '--batch-size', default=32, type=int)
+    p.add_argument('-cb', '--coupling-blocks', default=8, type=int)
+    p.add_argument('-pl', '--pool-layers', default=3, type=int)
+    p.add_argument('--batches', default=3, type=int, help='timed batches per path (after one warm-up batch)')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--compile', action='store_true', help='also time torch.compile of the fused scorer')
+    p.add_argument('--pro-maps', default=500, type=int, help='AUPRO: number of maps')
+    p.add_argument('--pro-size', default=256, type=int, help='AUPRO: map side')
+    p.add_argument('--pro-direct-maps', default=None, type=int,
+                   help='AUPRO: maps for the direct definition (default: all; it is the slow one)')
+    p.add_argument('--loader-images', default=64, type=int, help='loader: image files to read')
+    p.add_argument('--loader-image-size', default=1024, type=int, help='loader: side of the PNG files')
+    p.add_argument('--workers', default='0,2,4', help='loader: worker counts to try')
+    p.add_argument('--checkpoint', default='',
+                   help='a checkpoint trained on the demo class (README demo command, same -enc/-inp/-cb/-pl): '
+                        'also report each fast mode\'s effect on the demo metrics')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader')
+    return p.parse_args(argv)
+
+
+def synchronize(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+class Timer:
+    """Wall time of a block, with the device synchronised at both ends."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def build_model(a):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    encoder = build_encoder(a.enc_arch, a.pool_layers, 'none').to(a.device)
+    decoders = build_decoders('freia-cflow', encoder.pool_dims, a.coupling_blocks)
+    with torch.no_grad():  # move weights off their init, so no path benefits from special values
+        for d in decoders:
+            for p in d.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    decoders = [d.to(a.device).eval() for d in decoders]
+    if a.device.startswith('cuda'):
+        encoder = encoder.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return encoder, decoders
+
+
+def pipeline_paths(a, encoder, decoders):
+    """name -> (function of an image batch returning per-layer log p, autocast dtype, tf32)."""
+    fused = [FastFlowScorer(d, CONDITION_VEC).to(a.device) for d in decoders]
+
+    def authors(taps):
+        return [score_feature_map_loop(d, e, CONDITION_VEC) for d, e in zip(decoders, taps)]
+
+    def freia_all(taps):
+        return [score_feature_map(d, e, CONDITION_VEC, 65536) for d, e in zip(decoders, taps)]
+
+    def fused_path(taps):
+        return [s(e) for s, e in zip(fused, taps)]
+
+    paths = {'authors 256-fiber loop': (authors, None, False),
+             'ours: FrEIA, all fibers': (freia_all, None, False),
+             'ours: fused (default)': (fused_path, None, False)}
+    if a.device.startswith('cuda'):
+        paths['fast: fused + TF32'] = (fused_path, None, True)
+    paths['fast: fused + bf16 encoder'] = (fused_path, torch.bfloat16, False)
+    if a.compile:
+        compiled = [torch.compile(s) for s in fused]
+        paths['fast: fused + compile'] = (lambda taps: [s(e) for s, e in zip(compiled, taps)], None, False)
+    return paths
+
+
+def run_path(a, encoder, fn, inputs, autocast_dtype, tf32):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+    def one(x):
+        with torch.autocast(a.device.split(':')[0], dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            taps = encoder(x)
+        log_probs = fn([t.float() for t in taps])
+        return log_probs, anomaly_maps(log_probs, (a.input_size, a.input_size))
+
+    with torch.inference_mode():
+        one(inputs[0])  # warm-up: allocations, autotuning, compilation
+        if a.device.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats()
+        with Timer(a.device) as t:
+            results = [one(x) for x in inputs[1:]]
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if a.device.startswith('cuda') else None
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return (len(inputs) - 1) * a.batch_size / t.seconds, results, peak
+
+
+def bench_pipeline(a, rows):
+    encoder, decoders = build_model(a)
+    generator = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(a.batch_size, 3, a.input_size, a.input_size, generator=generator).to(a.device)
+              for _ in range(a.batches + 1)]  # rotate inputs: no timing of a cached batch
+    if a.device.startswith('cuda'):
+        inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+    with torch.inference_mode():
+        encoder(inputs[0])
+        with Timer(a.device) as t:
+            for x in inputs[1:]:
+                encoder(x)
+    rows.append(('encoder only', f'{a.batches * a.batch_size / t.seconds:.1f} img/s', '', ''))
+    baseline_speed, baseline = None, None
+    for name, (fn, dtype, tf32) in pipeline_paths(a, encoder, decoders).items():
+        speed, results, peak = run_path(a, encoder, fn, inputs, dtype, tf32)
+        if baseline is None:
+            baseline_speed, baseline = speed, results
+            deviation = 'baseline'
+        else:
+            log_p = max(((lp - ref).abs().max() / ref.abs().max()).item()
+                        for (lps, _), (refs, _) in zip(results, baseline) for lp, ref in zip(lps, refs))
+            maps = max(np.abs(m - ref).max() / np.abs(ref).max() for (_, m), (_, ref) in zip(results, baseline))
+            deviation = f'max rel. diff: log p {log_p:.1e}, map {maps:.1e}'
+        memory = f', peak {peak:.0f} MB' if peak is not None else ''
+        rows.append((name, f'{speed:.1f} img/s', f'{speed / baseline_speed:.2f}x', deviation + memory))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'checkpoint.pt')
+        save_checkpoint(path, encoder, decoders)
+        rows.append(('checkpoint size', f'{os.path.getsize(path) / 2 ** 20:.1f} MB', '', 'authors\' format'))
+
+
+def random_maps(n, size, seed=0):
+    """Smooth random maps with blob-shaped defects inside some of them."""
+    rng = np.random.default_rng(seed)
+    maps = rng.random((n, size, size))
+    masks = np.zeros((n, size, size), bool)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(0, n, 2):
+        for _ in range(rng.integers(1, 4)):
+            cy, cx, r = rng.uniform(0.1, 0.9) * size, rng.uniform(0.1, 0.9) * size, rng.uniform(0.02, 0.1) * size
+            masks[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+    maps += masks * rng.uniform(0.2, 0.8)
+    return masks, maps
+
+
+def bench_aupro(a, rows):
+    masks, maps = random_maps(a.pro_maps, a.pro_size)
+    with Timer('cpu') as fast:
+        ours = aupro(masks, maps)
+    n = a.pro_direct_maps or a.pro_maps
+    if n != a.pro_maps:
+        masks, maps = masks[:n], maps[:n]
+        with Timer('cpu') as fast_same:
+            ours = aupro(masks, maps)
+        fast = fast_same
+    with Timer('cpu') as direct:
+        reference = aupro_direct(masks, maps)
+    assert abs(ours - reference) <= 1e-6, (ours, reference)
+    label = f'{n} maps {a.pro_size}x{a.pro_size}'
+    rows.append((f'AUPRO direct definition, {label}', f'{direct.seconds:.2f} s', 'baseline', f'AUPRO {reference:.6f}'))
+    rows.append((f'AUPRO ours, {label}', f'{fast.seconds:.2f} s', f'{direct.seconds / fast.seconds:.1f}x',
+                 f'|diff| {abs(ours - reference):.1e}'))
+
+
+def bench_loader(a, rows):
+    with tempfile.TemporaryDirectory() as root:
+        make_demo_class(root, 'bench', image_size=a.loader_image_size, n_train=a.loader_images,
+                        n_test_good=1, n_test_defect=1)
+        files = list_images(os.path.join(root, 'bench', 'train', 'good'))
+        dataset = LabelledImages(files, [0] * len(files), [None] * len(files), a.input_size, train=False)
+        for workers in [int(w) for w in a.workers.split(',')]:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=a.batch_size, num_workers=workers,
+                                                 pin_memory=a.device.startswith('cuda'))
+            with Timer('cpu') as t:
+                for _ in loader:
+                    pass
+            rows.append((f'loader, {workers} workers ({a.loader_image_size}px PNG -> {a.input_size})',
+                         f'{len(dataset) / t.seconds:.1f} img/s', '', ''))
+
+
+def bench_modes(a, rows):
+    """Metrics of each scoring mode with a trained demo checkpoint, as differences to fp32."""
+    import contextlib
+    import io
+    from config import parse_config
+    from train import run
+    base = ['--dataset', 'demo', '--action-type', 'norm-test', '--checkpoint', a.checkpoint, '--pro',
+            '-enc', a.enc_arch, '-inp', str(a.input_size), '-cb', str(a.coupling_blocks), '-pl', str(a.pool_layers),
+            '--workers', '2', '--output-dir', tempfile.mkdtemp()]
+    if a.device == 'cpu':
+        base.append('--no-cuda')
+    modes = {'fp32 fused (default)': [], 'fp32 FrEIA modules': ['--scorer', 'freia'], 'bf16 encoder': ['--bf16']}
+    if a.device.startswith('cuda'):
+        modes['TF32'] = ['--tf32']
+        modes['TF32 + bf16 encoder'] = ['--tf32', '--bf16']
+    if a.compile:
+        modes['compile'] = ['--compile']
+    reference = None
+    for name, flags in modes.items():
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = run(parse_config(base + flags))
+        metrics = {k: o.last for k, o in result['observers'].items()}
+        if reference is None:
+            reference = metrics
+            rows.append((f'demo metrics, {name}', '', '', ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())))
+        else:
+            rows.append((f'demo metrics, {name}', '', '',
+                         ', '.join(f'{k} {metrics[k] - reference[k]:+.3f} pt' for k in metrics)))
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    skip = set(a.skip.split(',')) - {''}
+    device_name = torch.cuda.get_device_name(a.device) if a.device.startswith('cuda') else \
+        f'CPU, {torch.get_num_threads()} threads'
+    print(f'device: {device_name}; torch {torch.__version__}; -enc {a.enc_arch} -inp {a.input_size} '
+          f'-bs {a.batch_size} -cb {a.coupling_blocks} -pl {a.pool_layers}, {a.batches} timed batches per path')
+    rows = []
+    if 'pipeline' not in skip:
+        bench_pipeline(a, rows)
+    if 'aupro' not in skip:
+        bench_aupro(a, rows)
+    if 'loader' not in skip:
+        bench_loader(a, rows)
+    if a.checkpoint:
+        bench_modes(a, rows)
+    width = max(len(r[0]) for r in rows)
+    print(f'\n{"what":<{width}}  {"speed":>14}  {"ratio":>9}  notes')
+    for name, speed, ratio, notes in rows:
+        print(f'{name:<{width}}  {speed:>14}  {ratio:>9}  {notes}')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
