@@ -24,6 +24,7 @@ import argparse
 import os
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,9 +32,9 @@ import torch
 from custom_datasets.common import LabelledImages, list_images
 from custom_datasets.synthetic import make_demo_class
 from custom_models.encoders import ENCODER_ARCHS, build_encoder
-from custom_models.fast_flow import FastFlowScorer
-from custom_models.fibers import score_feature_map, score_feature_map_loop
+from custom_models.fibers import score_feature_map_loop
 from custom_models.flows import CONDITION_VEC, build_decoders
+from train import make_scorers
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import save_checkpoint
 from utils.metrics import aupro, aupro_direct
@@ -101,27 +102,28 @@ def build_model(a):
 
 
 def pipeline_paths(a, encoder, decoders):
-    """name -> (function of an image batch returning per-layer log p, autocast dtype, tf32)."""
-    fused = [FastFlowScorer(d, CONDITION_VEC).to(a.device) for d in decoders]
+    """name -> (function of the taps returning per-layer log p, autocast dtype, tf32).
+
+    Our paths are built by ``train.make_scorers``: the code norm-test runs.
+    """
+    def scorers(scorer, compile_=False):
+        c = SimpleNamespace(scorer=scorer, compile=compile_, condition_vec=CONDITION_VEC, device=a.device,
+                            fiber_chunk=65536)
+        built = make_scorers(c, decoders)
+        return lambda taps: [score(e) for score, e in zip(built, taps)]
 
     def authors(taps):
         return [score_feature_map_loop(d, e, CONDITION_VEC) for d, e in zip(decoders, taps)]
 
-    def freia_all(taps):
-        return [score_feature_map(d, e, CONDITION_VEC, 65536) for d, e in zip(decoders, taps)]
-
-    def fused_path(taps):
-        return [s(e) for s, e in zip(fused, taps)]
-
+    fused = scorers('fused')
     paths = {'authors 256-fiber loop': (authors, None, False),
-             'ours: FrEIA, all fibers': (freia_all, None, False),
-             'ours: fused (default)': (fused_path, None, False)}
+             'ours: FrEIA, all fibers': (scorers('freia'), None, False),
+             'ours: fused (default)': (fused, None, False)}
     if a.device.startswith('cuda'):
-        paths['fast: fused + TF32'] = (fused_path, None, True)
-    paths['fast: fused + bf16 encoder'] = (fused_path, torch.bfloat16, False)
+        paths['fast: fused + TF32'] = (fused, None, True)
+    paths['fast: fused + bf16 encoder'] = (fused, torch.bfloat16, False)
     if a.compile:
-        compiled = [torch.compile(s) for s in fused]
-        paths['fast: fused + compile'] = (lambda taps: [s(e) for s, e in zip(compiled, taps)], None, False)
+        paths['fast: fused + compile'] = (scorers('fused', compile_=True), None, False)
     return paths
 
 
@@ -173,6 +175,10 @@ def bench_pipeline(a, rows):
             deviation = f'max rel. diff: log p {log_p:.1e}, map {maps:.1e}'
         memory = f', peak {peak:.0f} MB' if peak is not None else ''
         rows.append((name, f'{speed:.1f} img/s', f'{speed / baseline_speed:.2f}x', deviation + memory))
+    # Random weights can drive deep layers' log p to 1e10 and more, where float32 round-off
+    # of any path (FrEIA's too) shows in 'log p'; the maps, which are normalised, do not.
+    magnitude = max(lp.abs().max().item() for lps, _ in baseline for lp in lps)
+    rows.append(('max |log p| (baseline)', f'{magnitude:.2g}', '', 'differences above are relative to it'))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'checkpoint.pt')
         save_checkpoint(path, encoder, decoders)

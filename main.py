@@ -1,6 +1,5 @@
 """CFLOW-AD entry point: ``python main.py [flags]`` (see ``--help`` and the README)."""
 import sys
-import warnings
 
 from utils.errors import CflowError, user_message
 
@@ -20,5 +19,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    warnings.filterwarnings('ignore', message='.*upsample.*align_corners.*')
     sys.exit(main())

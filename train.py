@@ -158,12 +158,13 @@ def make_scorers(c, decoders) -> List[Callable[[torch.Tensor], torch.Tensor]]:
     for decoder in decoders:
         decoder.eval()
     if c.scorer == 'freia':
-        scorers = [functools.partial(score_feature_map, d, condition_vec=c.condition_vec, chunk=c.fiber_chunk)
-                   for d in decoders]
-    else:
-        scorers = [functools.partial(FastFlowScorer(d, c.condition_vec).to(c.device), chunk=c.fiber_chunk)
-                   for d in decoders]
-    return [torch.compile(s) for s in scorers] if c.compile else scorers
+        return [functools.partial(score_feature_map, torch.compile(d) if c.compile else d,
+                                  condition_vec=c.condition_vec, chunk=c.fiber_chunk) for d in decoders]
+    scorers = [FastFlowScorer(d, c.condition_vec).to(c.device) for d in decoders]
+    if c.compile:  # only the arithmetic: the cached condition terms stay outside the graph
+        for scorer in scorers:
+            scorer.score_fibers = torch.compile(scorer.score_fibers)
+    return [functools.partial(scorer, chunk=c.fiber_chunk) for scorer in scorers]
 
 
 def score_batch(c, encoder, scorers, images: torch.Tensor) -> List[torch.Tensor]:

@@ -31,10 +31,6 @@ MOBILENET_TAPS = {'mobilenet_v3_large': (-11, -5, -2), 'mobilenet_v3_small': (-1
 RESNET_TAPS = ('layer2', 'layer3', 'layer4')
 
 
-def _torchvision_builder(arch: str):
-    return getattr(tvm, arch)
-
-
 def imagenet_weights(arch: str):
     """The torchvision ``IMAGENET1K_V1`` weights enum of ``arch`` (the published weights)."""
     return tvm.get_model_weights(arch).IMAGENET1K_V1
@@ -55,7 +51,7 @@ def reflect_pad_convs(resnet: nn.Module) -> nn.Module:
 
 def _build_net(arch: str) -> nn.Module:
     """The randomly initialised torchvision module that ``encoder.net`` holds."""
-    model = _torchvision_builder(arch)()
+    model = getattr(tvm, arch)()
     if arch in RESNETS:
         return reflect_pad_convs(model)
     return model.features
@@ -72,8 +68,6 @@ class FeatureEncoder(nn.Module):
 
     def __init__(self, arch: str, pool_layers: int, net: nn.Module, probe: bool = True):
         super().__init__()
-        if arch not in ENCODER_ARCHS:
-            raise CflowError(f'unknown encoder {arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
         if not 1 <= pool_layers <= 3:
             raise CflowError(f'-pl/--pool-layers must be 1, 2 or 3, got {pool_layers}')
         self.arch = arch
@@ -126,7 +120,7 @@ def tap_shapes(arch: str, pool_layers: int, input_size: int) -> List[tuple]:
 # Weights
 
 
-def _required_keys(arch: str, net: nn.Module) -> Dict[str, torch.Size]:
+def _required_keys(net: nn.Module) -> Dict[str, torch.Size]:
     """The state-dict entries the taps depend on (a ResNet's ``fc`` is not used)."""
     return {k: v.shape for k, v in net.state_dict().items() if not k.startswith('fc.')}
 
@@ -134,7 +128,7 @@ def _required_keys(arch: str, net: nn.Module) -> Dict[str, torch.Size]:
 def _signature(arch: str) -> Dict[str, torch.Size]:
     with torch.device('meta'):
         net = _build_net(arch)
-    return _required_keys(arch, net)
+    return _required_keys(net)
 
 
 def guess_encoder_arch(state: Dict[str, torch.Tensor]) -> Optional[str]:
@@ -160,7 +154,7 @@ def load_encoder_state(encoder: FeatureEncoder, state: Dict[str, torch.Tensor], 
     unlike it, a missing or differently shaped key is an error naming what was found.
     """
     state = normalise_encoder_state(encoder.arch, state)
-    required = _required_keys(encoder.arch, encoder.net)
+    required = _required_keys(encoder.net)
     bad = [k for k, s in required.items() if k not in state or tuple(state[k].shape) != tuple(s)]
     if bad:
         found = guess_encoder_arch(state)

@@ -84,17 +84,21 @@ class FastFlowScorer(nn.Module):
         out = torch.empty(B, S, device=feature_map.device, dtype=torch.float32)
         per_chunk = max(1, chunk // S)  # whole images, so the per-position terms broadcast
         for start in range(0, B, per_chunk):
-            x = fibers[start:start + per_chunk]
-            log_det = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
-            for block, term in zip(self.blocks, terms):
-                s1 = block['split']
-                x1, x2 = x[..., :s1], x[..., s1:]
-                hidden = torch.relu(torch.matmul(x1, block['w1x'].t()) + term)
-                a = F.linear(hidden, block['w2'], block['b2'])
-                s = block['clamp'] * torch.tanh(a[..., :C - s1])
-                x2 = x2 * torch.exp(s) + a[..., C - s1:]
-                log_det = log_det + s.sum(-1)
-                x = F.linear(torch.cat((x1, x2), -1), block['w_perm'], block['b_perm'])
-            log_p = C * GAUSS_CONST - 0.5 * (x * x).sum(-1) + log_det + self.log_det_const
-            out[start:start + per_chunk] = log_p / C
+            out[start:start + per_chunk] = self.score_fibers(fibers[start:start + per_chunk], terms)
         return out.reshape(B, H, W)
+
+    def score_fibers(self, x: torch.Tensor, terms: List[torch.Tensor]) -> torch.Tensor:
+        """log p / C of b x S x C fibers; the arithmetic alone (what ``--compile`` compiles)."""
+        C = x.shape[-1]
+        log_det = torch.zeros(x.shape[:2], device=x.device, dtype=x.dtype)
+        for block, term in zip(self.blocks, terms):
+            s1 = block['split']
+            x1, x2 = x[..., :s1], x[..., s1:]
+            hidden = torch.relu(torch.matmul(x1, block['w1x'].t()) + term)
+            a = F.linear(hidden, block['w2'], block['b2'])
+            s = block['clamp'] * torch.tanh(a[..., :C - s1])
+            x2 = x2 * torch.exp(s) + a[..., C - s1:]
+            log_det = log_det + s.sum(-1)
+            x = F.linear(torch.cat((x1, x2), -1), block['w_perm'], block['b_perm'])
+        log_p = C * GAUSS_CONST - 0.5 * (x * x).sum(-1) + log_det + self.log_det_const
+        return log_p / C

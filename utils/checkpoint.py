@@ -77,9 +77,3 @@ def load_checkpoint_decoders(state: dict, path: str, decoders: List[torch.nn.Mod
     for decoder, decoder_state in zip(decoders, state['decoder_state_dict']):
         decoder.load_state_dict(decoder_state, strict=True)
 
-
-def load_checkpoint(path: str, encoder: FeatureEncoder, decoders: List[torch.nn.Module]) -> None:
-    """Load an authors'-format checkpoint into ``encoder`` and ``decoders`` in place."""
-    state = read_checkpoint(path)
-    load_checkpoint_encoder(state, path, encoder)
-    load_checkpoint_decoders(state, path, decoders)

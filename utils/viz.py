@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import precision_recall_curve
 
+from custom_datasets.common import read_rgb
+
 
 def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     """The pixel threshold maximising F1 over the whole test set (labels: mask != 0)."""
@@ -20,7 +22,6 @@ def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
 
 def display_image(path: str, size) -> np.ndarray:
     """The test image as shown to the model (resized on both sides), without normalisation."""
-    from custom_datasets.common import read_rgb
     return np.asarray(read_rgb(path).resize((size[1], size[0]), Image.LANCZOS))
 
 
