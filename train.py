@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from custom_datasets import build_datasets
 from custom_models.encoders import build_encoder, imagenet_weights_cached, tap_shapes
-from custom_models.fast_flow import FastFlowScorer
+from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
 from utils.anomaly_map import anomaly_maps, image_scores
@@ -162,8 +162,9 @@ def make_scorers(c, decoders) -> List[Callable[[torch.Tensor], torch.Tensor]]:
                                   condition_vec=c.condition_vec, chunk=c.fiber_chunk) for d in decoders]
     scorers = [FastFlowScorer(d, c.condition_vec).to(c.device) for d in decoders]
     if c.compile:  # only the arithmetic: the cached condition terms stay outside the graph
+        compiled = torch.compile(coupling_log_likelihood)
         for scorer in scorers:
-            scorer.score_fibers = torch.compile(scorer.score_fibers)
+            scorer.score_fibers = compiled
     return [functools.partial(scorer, chunk=c.fiber_chunk) for scorer in scorers]
 
 
