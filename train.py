@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from custom_datasets import build_datasets
+from custom_datasets.loaders import ReplayLoader, make_loader
 from custom_models.encoders import build_encoder, imagenet_weights_cached, tap_shapes
 from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
@@ -26,7 +27,7 @@ from custom_models.flows import build_decoders, log_likelihood, nll_loss
 from utils.anomaly_map import anomaly_maps, image_scores
 from utils.checkpoint import load_checkpoint_decoders, load_checkpoint_encoder, read_checkpoint, save_checkpoint
 from utils.errors import CflowError
-from utils.metrics import aupro, detection_auroc, localization_auroc
+from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
 from utils.results import METRIC_NAMES, ScoreObserver, write_results
 from utils.schedule import cosine_lr, set_lr, warmup_lr
 
@@ -40,12 +41,12 @@ def seed_everything(seed: int) -> None:
 
 def encoder_weights_choice(c) -> str:
     """'imagenet', 'none' or a path: what ``build_encoder`` loads, with a notice where it matters."""
+    if c.action_type == 'norm-test':
+        return 'none'  # every encoder weight comes from the checkpoint
     if c.encoder_weights is not None:
         if c.encoder_weights == 'none':
             print('Notice: random-init encoder (--encoder-weights none); scores are not comparable to the paper')
         return c.encoder_weights
-    if c.action_type == 'norm-test':
-        return 'none'  # every encoder weight comes from the checkpoint
     if c.dataset == 'demo' and not imagenet_weights_cached(c.enc_arch):
         print(f'Notice: no ImageNet weights for {c.enc_arch} in the torch hub cache; the demo uses a '
               f'seeded random-init encoder (scores are lower than with ImageNet weights)')
@@ -63,45 +64,6 @@ def check_fiber_count(c, encoder, n_train: int) -> None:
         if fibers < c.fiber_batch:
             raise CflowError(f'pool layer {name} gives {c.batch_size} x {H} x {W} = {fibers} fibers per image batch, '
                              f'fewer than one fiber batch of {c.fiber_batch}: raise -bs/--batch-size or -inp/--input-size')
-
-
-def make_loader(c, dataset, train: bool) -> DataLoader:
-    # Training workers live across sub-epochs (200 passes by default) instead of restarting.
-    kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'),
-                  persistent_workers=train and c.workers > 0)
-    generator = torch.Generator().manual_seed(c.seed + (0 if train else 1))
-    return DataLoader(dataset, batch_size=c.batch_size, shuffle=train, drop_last=train,
-                      generator=generator, **kwargs)
-
-
-class ReplayLoader:
-    """A test loader whose first pass is kept in memory and replayed afterwards.
-
-    Test transforms are deterministic, so later passes (one per meta epoch) get the
-    very same tensors without decoding and resizing every image again. Past
-    ``budget_mb`` nothing is kept and every pass reads the files, as before.
-    """
-
-    def __init__(self, loader: DataLoader, budget_mb: float):
-        self.loader, self.dataset = loader, loader.dataset
-        self.budget = budget_mb * 2 ** 20
-        self.batches = None
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        if self.batches is not None:
-            yield from self.batches
-            return
-        kept, size = [], 0
-        for batch in self.loader:
-            size += sum(t.numel() * t.element_size() for t in batch)
-            kept = kept if kept is not None and size <= self.budget else None
-            if kept is not None:
-                kept.append(batch)
-            yield batch
-        self.batches = kept
 
 
 def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optimizer) -> float:
@@ -231,6 +193,7 @@ def build_model(c):
 def run(c) -> dict:
     """Train (or load) and test as the flags say; write results and checkpoints."""
     train_set, test_set = build_datasets(c)
+    require_both_classes(test_set.y)  # before any training, not after the first epoch
     encoder, decoders = build_model(c)
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / {len(test_set)} test images')

@@ -24,13 +24,14 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB; grey is replicated to three channels as published.
 
-    16-bit and float greys are scaled to 8 bits first (PIL's own conversion clips them).
+    16-bit and 32-bit greys are scaled to 8 bits by their range (PIL's own conversion
+    clips them): 16-bit modes by 65535, others by the smallest of 1, 255 and 65535 that
+    holds the data (float images in [0, 1], 8-bit values stored wide, 16-bit values).
     """
     if image.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith('I;16') or array.max() > 255 else 255.0
-        if image.mode == 'F' and array.max() <= 1.0:
-            peak = 1.0
+        top = array.max()
+        peak = 65535.0 if image.mode.startswith('I;16') else next(p for p in (1.0, 255.0, 65535.0, top) if top <= p)
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     return image.convert('RGB')
 
@@ -47,7 +48,7 @@ def read_rgb(path: str) -> Image.Image:
 
 def mask_image(mask: np.ndarray) -> Image.Image:
     """A 0/255 'L' image of a mask array; any non-zero value is a defect pixel."""
-    return Image.fromarray(np.where(np.asarray(mask) != 0, 255, 0).astype(np.uint8), mode='L')
+    return Image.fromarray(np.where(np.asarray(mask) != 0, 255, 0).astype(np.uint8))
 
 
 def read_mask(path: str) -> Image.Image:

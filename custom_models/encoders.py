@@ -122,7 +122,17 @@ def tap_shapes(arch: str, pool_layers: int, input_size: int) -> List[tuple]:
 
 def _required_keys(net: nn.Module) -> Dict[str, torch.Size]:
     """The state-dict entries the taps depend on (a ResNet's ``fc`` is not used)."""
-    return {k: v.shape for k, v in net.state_dict().items() if not k.startswith('fc.')}
+    return {k: v.shape for k, v in net.state_dict().items() if not _unused_key(k)}
+
+
+def _unused_key(key: str) -> bool:
+    return key.startswith('fc.')
+
+
+def _mismatches(required: Dict[str, torch.Size], state: Dict[str, torch.Tensor]) -> List[str]:
+    """Keys missing, of another shape, or extra (a deeper network holds all of a shallower one's)."""
+    bad = [k for k, s in required.items() if k not in state or tuple(state[k].shape) != tuple(s)]
+    return bad + [k for k in state if k not in required and not _unused_key(k)]
 
 
 def _signature(arch: str) -> Dict[str, torch.Size]:
@@ -134,8 +144,7 @@ def _signature(arch: str) -> Dict[str, torch.Size]:
 def guess_encoder_arch(state: Dict[str, torch.Tensor]) -> Optional[str]:
     """The encoder architecture whose tapped part a state dict fits exactly, if any."""
     for arch in ENCODER_ARCHS:
-        sig = _signature(arch)
-        if all(k in state and tuple(state[k].shape) == tuple(s) for k, s in sig.items()):
+        if not _mismatches(_signature(arch), normalise_encoder_state(arch, state)):
             return arch
     return None
 
@@ -150,19 +159,18 @@ def normalise_encoder_state(arch: str, state: Dict[str, torch.Tensor]) -> Dict[s
 def load_encoder_state(encoder: FeatureEncoder, state: Dict[str, torch.Tensor], source: str) -> None:
     """Load a state dict into ``encoder.net`` after checking it is this architecture.
 
-    Like the published loader, keys the taps do not use are ignored (``strict=False``);
-    unlike it, a missing or differently shaped key is an error naming what was found.
+    Like the published loader, a ResNet's unused ``fc`` is ignored; unlike it, a missing,
+    extra or differently shaped key is an error naming the architecture that was found.
     """
     state = normalise_encoder_state(encoder.arch, state)
     required = _required_keys(encoder.net)
-    bad = [k for k, s in required.items() if k not in state or tuple(state[k].shape) != tuple(s)]
+    bad = _mismatches(required, state)
     if bad:
         found = guess_encoder_arch(state)
         found_text = f'a {found} encoder' if found else 'an encoder of no supported architecture'
         hint = f'; pass -enc {found}' if found else ''
         raise CflowError(f'{source} holds {found_text}, but -enc is {encoder.arch} '
-                         f'({len(bad)} of {len(required)} weights missing or of another shape, '
-                         f'e.g. {bad[0]!r}){hint}')
+                         f'({len(bad)} weights missing, extra or of another shape, e.g. {bad[0]!r}){hint}')
     encoder.net.load_state_dict(state, strict=False)
 
 

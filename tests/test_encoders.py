@@ -88,6 +88,10 @@ def test_encoder_weights_file_loads_and_checks_architecture(tmp_path):
     assert torch.equal(encoder.net.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     with pytest.raises(CflowError, match='holds a resnet18 encoder, but -enc is resnet50'):
         build_encoder('resnet50', 3, str(path))
+    # a ResNet-34 holds every ResNet-18 key with the same shape: its extra blocks must not pass
+    torch.save(tvm.resnet34().state_dict(), tmp_path / 'r34.pth')
+    with pytest.raises(CflowError, match='holds a resnet34 encoder, but -enc is resnet18.*-enc resnet34'):
+        build_encoder('resnet18', 3, str(tmp_path / 'r34.pth'))
     mnv3 = tvm.mobilenet_v3_small()
     torch.save(mnv3.state_dict(), tmp_path / 'mnv3.pth')  # a whole-model file: 'features.' keys
     encoder = build_encoder('mobilenet_v3_small', 3, str(tmp_path / 'mnv3.pth'))

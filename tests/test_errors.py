@@ -98,3 +98,12 @@ def test_unreadable_checkpoint(capsys, demo_copy, tmp_path):
     rc, err = run_cli(capsys, ['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(demo_copy),
                                '--action-type', 'norm-test', '--checkpoint', str(tmp_path / 'bad.pt')] + BASE)
     assert_one_line_error(rc, err, 'not a readable torch file')
+
+
+def test_test_set_without_defects_fails_before_training(capsys, demo_copy):
+    for defect in ('scratch', 'stain'):
+        shutil.rmtree(demo_copy / 'textile' / 'test' / defect)
+    rc = main(['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(demo_copy)] + BASE)
+    out = capsys.readouterr()
+    assert_one_line_error(rc, out.err, 'needs both good and defective images', '0 defective of 16')
+    assert 'Train meta epoch' not in out.out and 'Model ' not in out.out  # nothing was built or trained

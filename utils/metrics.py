@@ -26,13 +26,18 @@ AUPRO_STEPS = 1000
 AUPRO_MAX_FPR = 0.3
 
 
-def detection_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Image-level AUROC of anomaly scores against 0/1 labels."""
+def require_both_classes(labels) -> np.ndarray:
+    """0/1 image labels as bools, or an error unless good and defective images are both there."""
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
         raise CflowError('the test set needs both good and defective images for AUROC; '
                          f'it has {labels.sum()} defective of {labels.size}')
-    return float(roc_auc_score(labels, scores))
+    return labels
+
+
+def detection_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Image-level AUROC of anomaly scores against 0/1 labels."""
+    return float(roc_auc_score(require_both_classes(labels), scores))
 
 
 def localization_auroc(masks: np.ndarray, maps: np.ndarray) -> float:

@@ -1,0 +1,42 @@
+"""Data loaders: the published loader settings, and replay of deterministic test passes."""
+import torch
+from torch.utils.data import DataLoader
+
+
+def make_loader(c, dataset, train: bool) -> DataLoader:
+    # Training workers live across sub-epochs (200 passes by default) instead of restarting.
+    kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'),
+                  persistent_workers=train and c.workers > 0)
+    generator = torch.Generator().manual_seed(c.seed + (0 if train else 1))
+    return DataLoader(dataset, batch_size=c.batch_size, shuffle=train, drop_last=train,
+                      generator=generator, **kwargs)
+
+
+class ReplayLoader:
+    """A test loader whose first pass is kept in memory and replayed afterwards.
+
+    Test transforms are deterministic, so later passes (one per meta epoch) get the
+    very same tensors without decoding and resizing every image again. Past
+    ``budget_mb`` nothing is kept and every pass reads the files, as before.
+    """
+
+    def __init__(self, loader: DataLoader, budget_mb: float):
+        self.loader, self.dataset = loader, loader.dataset
+        self.budget = budget_mb * 2 ** 20
+        self.batches = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        kept, size = [], 0
+        for batch in self.loader:
+            size += sum(t.numel() * t.element_size() for t in batch)
+            kept = kept if kept is not None and size <= self.budget else None
+            if kept is not None:
+                kept.append(batch)
+            yield batch
+        self.batches = kept
