@@ -6,13 +6,14 @@ import sys
 
 import torch
 
+from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from custom_datasets.stc import STC_MEAN, STC_STD
 from custom_models.encoders import ENCODER_ARCHS
 from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC, DECODER_ARCHS
 from utils.errors import CflowError
 
 DATASETS = ('mvtec', 'stc', 'folder', 'demo')
 DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo'}
-STC_MEAN, STC_STD = (0.5, 0.5, 0.5), (0.225, 0.225, 0.225)
 FIBER_BATCH = 256  # N: fibers per training step, as published
 
 
@@ -134,8 +135,7 @@ def derive(c) -> argparse.Namespace:
         c.meta_epochs = 1  # as published: one test pass
     c.img_size = (c.input_size, c.input_size)
     c.crp_size = (c.input_size, c.input_size)
-    c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else \
-        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)
     c.condition_vec = CONDITION_VEC
     c.clamp_alpha = CLAMP_ALPHA
     c.fiber_batch = FIBER_BATCH

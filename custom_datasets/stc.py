@@ -25,6 +25,7 @@ from utils.errors import CflowError
 
 STC_CLASS_NAMES = tuple(f'{i:02d}' for i in range(1, 13))  # scene 13 has no test ground truth
 JPEG_QUALITY = 80
+STC_MEAN, STC_STD = (0.5, 0.5, 0.5), (0.225, 0.225, 0.225)  # the published STC normalisation
 COMPLETE_MARKER = '.complete'
 
 
