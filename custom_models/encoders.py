@@ -174,23 +174,26 @@ def load_encoder_state(encoder: FeatureEncoder, state: Dict[str, torch.Tensor], 
     encoder.net.load_state_dict(state, strict=False)
 
 
+def imagenet_cache_path(arch: str) -> str:
+    """Where torchvision keeps (or will download) the ImageNet file of ``arch``."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(imagenet_weights(arch).url))
+
+
 def _download_imagenet_state(arch: str) -> Dict[str, torch.Tensor]:
     weights = imagenet_weights(arch)
-    filename = os.path.basename(weights.url)
-    cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    cache_file = imagenet_cache_path(arch)
     try:
         return weights.get_state_dict(progress=True)
     except (urllib.error.URLError, OSError) as exc:
         raise CflowError(
             f'cannot get the ImageNet weights of {arch} ({weights.url}: {exc}); either put '
-            f'{filename} into {cache}/ (torch hub cache) or pass --encoder-weights PATH to that '
-            f'file (or --encoder-weights none for a random-init encoder)') from None
+            f'{os.path.basename(cache_file)} into {os.path.dirname(cache_file)}/ (torch hub cache) or pass '
+            f'--encoder-weights PATH to that file (or --encoder-weights none for a random-init encoder)') from None
 
 
 def imagenet_weights_cached(arch: str) -> bool:
     """Whether torchvision's ImageNet file for ``arch`` is already in the hub cache."""
-    filename = os.path.basename(imagenet_weights(arch).url)
-    return os.path.isfile(os.path.join(torch.hub.get_dir(), 'checkpoints', filename))
+    return os.path.isfile(imagenet_cache_path(arch))
 
 
 def read_state_file(path: str, what: str) -> dict:

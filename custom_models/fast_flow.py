@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from custom_models.flows import GAUSS_CONST, is_conditional
+from custom_models.flows import CONDITION_VEC, GAUSS_CONST, is_conditional
 from custom_models.positional import position_fibers
 
 
 class FastFlowScorer(nn.Module):
     """Per-dimension log-likelihood maps of a frozen FrEIA ``SequenceINN``."""
 
-    def __init__(self, decoder, condition_vec: int = 128):
+    def __init__(self, decoder, condition_vec: int = CONDITION_VEC):
         super().__init__()
         self.conditional = is_conditional(decoder)
         self.condition_vec = condition_vec

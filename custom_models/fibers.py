@@ -11,7 +11,7 @@ from typing import Tuple
 
 import torch
 
-from custom_models.flows import is_conditional, log_likelihood
+from custom_models.flows import log_likelihood
 from custom_models.positional import position_fibers
 
 
@@ -27,13 +27,10 @@ def score_feature_map(decoder, feature_map: torch.Tensor, condition_vec: int, ch
     """B x H x W per-dimension log-likelihoods, ``chunk`` fibers per decoder call."""
     B, C, H, W = feature_map.shape
     fibers, positions = to_fibers(feature_map, condition_vec)
-    if not is_conditional(decoder):
-        positions = None
     out = torch.empty(fibers.shape[0], device=fibers.device, dtype=torch.float32)
     for start in range(0, fibers.shape[0], chunk):
         stop = start + chunk
-        cond = None if positions is None else positions[start:stop]
-        out[start:stop] = log_likelihood(decoder, fibers[start:stop], cond)
+        out[start:stop] = log_likelihood(decoder, fibers[start:stop], positions[start:stop])
     return out.reshape(B, H, W)
 
 
@@ -42,10 +39,9 @@ def score_feature_map_loop(decoder, feature_map: torch.Tensor, condition_vec: in
     """The published test loop: 256 fibers per call, each result moved to the host."""
     B, C, H, W = feature_map.shape
     fibers, positions = to_fibers(feature_map, condition_vec)
-    conditional = is_conditional(decoder)
     scores = []
     for start in range(0, fibers.shape[0], fiber_batch):
         idx = torch.arange(start, min(start + fiber_batch, fibers.shape[0]))
-        log_prob = log_likelihood(decoder, fibers[idx], positions[idx] if conditional else None)
+        log_prob = log_likelihood(decoder, fibers[idx], positions[idx])
         scores += log_prob.detach().cpu().tolist()
     return torch.tensor(scores, dtype=torch.float32).reshape(B, H, W)

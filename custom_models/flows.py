@@ -57,7 +57,10 @@ def is_conditional(decoder: Ff.SequenceINN) -> bool:
 
 def log_likelihood(decoder: Ff.SequenceINN, fibers: torch.Tensor,
                    positions: Optional[torch.Tensor]) -> torch.Tensor:
-    """Per-dimension log-likelihood log p(x) / C of each row of ``fibers`` (N x C)."""
+    """Per-dimension log-likelihood log p(x) / C of each row of ``fibers`` (N x C).
+
+    ``positions`` (N x P) condition a ``freia-cflow`` decoder and are ignored otherwise.
+    """
     C = fibers.shape[1]
     if is_conditional(decoder):
         z, log_jac_det = decoder(fibers, [positions])
