@@ -5,16 +5,19 @@ import os
 import sys
 
 import torch
+from PIL import Image
 
 from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
 from custom_datasets.stc import STC_MEAN, STC_STD
-from custom_models.encoders import ENCODER_ARCHS
+from custom_models.encoders import ENCODER_ARCHS, input_size_fits, smallest_input_size
 from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC, DECODER_ARCHS
 from utils.errors import CflowError
 
 DATASETS = ('mvtec', 'stc', 'folder', 'demo')
 DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo'}
 FIBER_BATCH = 256  # N: fibers per training step, as published
+ACTIONS = ('norm-train', 'norm-test')
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -28,25 +31,28 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description='CFLOW-AD: anomaly detection and localization with conditional flows')
     # The published flags, with the published defaults.
-    p.add_argument('--dataset', default='mvtec', type=str, metavar='D',
+    p.add_argument('--dataset', default='mvtec', type=str, metavar='NAME',
                    help=f'dataset: {"/".join(DATASETS)} (default: mvtec)')
-    p.add_argument('--checkpoint', default='', type=str, metavar='D', help='file with a saved checkpoint')
-    p.add_argument('-cl', '--class-name', default='none', type=str, metavar='C',
+    p.add_argument('--checkpoint', default='', type=str, metavar='FILE',
+                   help='checkpoint to test, calibrate, predict with or export (authors\' .pt, our .safetensors '
+                        'for predict/export/norm-test, or .onnx for predict)')
+    p.add_argument('-cl', '--class-name', default='none', type=str, metavar='NAME',
                    help='class name for MVTec/STC/folder (default: none)')
-    p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', type=str, metavar='A',
+    p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', type=str, metavar='ARCH',
                    help=f'feature extractor: {"/".join(ENCODER_ARCHS)} (default: wide_resnet50_2)')
-    p.add_argument('-dec', '--dec-arch', default='freia-cflow', type=str, metavar='A',
+    p.add_argument('-dec', '--dec-arch', default='freia-cflow', type=str, metavar='ARCH',
                    help='normalizing flow model: freia-cflow/freia-flow (default: freia-cflow)')
-    p.add_argument('-pl', '--pool-layers', default=3, type=int, metavar='L',
-                   help='number of layers used in the NF model (default: 3)')
-    p.add_argument('-cb', '--coupling-blocks', default=8, type=int, metavar='L',
+    p.add_argument('-pl', '--pool-layers', default=3, type=int, metavar='N',
+                   help='number of encoder taps (pool layers), each with its own flow: 1-3, deepest first (default: 3)')
+    p.add_argument('-cb', '--coupling-blocks', default=8, type=int, metavar='N',
                    help='number of coupling blocks in the NF model (default: 8)')
-    p.add_argument('-run', '--run-name', default=0, type=int, metavar='C', help='name of the run (default: 0)')
-    p.add_argument('-inp', '--input-size', default=256, type=int, metavar='C',
+    p.add_argument('-run', '--run-name', default=0, type=int, metavar='N',
+                   help='run number; also the seed unless --seed is given (default: 0)')
+    p.add_argument('-inp', '--input-size', default=256, type=int, metavar='PX',
                    help='image resize dimensions (default: 256)')
-    p.add_argument('--action-type', default='norm-train', type=str, metavar='T',
-                   help='norm-train/norm-test (default: norm-train)')
-    p.add_argument('-bs', '--batch-size', default=32, type=int, metavar='B',
+    p.add_argument('--action-type', default='norm-train', type=str, metavar='ACTION',
+                   help=f'{"/".join(ACTIONS)} (default: norm-train)')
+    p.add_argument('-bs', '--batch-size', default=32, type=int, metavar='N',
                    help='train batch size (default: 32)')
     p.add_argument('--lr', type=float, default=2e-4, metavar='LR', help='learning rate (default: 2e-4)')
     p.add_argument('--meta-epochs', type=int, default=25, metavar='N',
@@ -55,15 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help='number of sub epochs to train (default: 8)')
     p.add_argument('--pro', action='store_true', default=False, help='enables estimation of AUPRO metric')
     p.add_argument('--viz', action='store_true', default=False, help='saves test data visualizations')
-    p.add_argument('--workers', default=4, type=int, metavar='G', help='number of data loading workers (default: 4)')
-    p.add_argument('--gpu', default='0', type=str, metavar='G', help='GPU device number')
+    p.add_argument('--workers', default=DEFAULT_WORKERS, type=int, metavar='N',
+                   help=f'data loading processes; results do not depend on it (default: {DEFAULT_WORKERS}, '
+                        f'the published 4 capped at this machine\'s cores)')
+    p.add_argument('--gpu', default='0', type=str, metavar='N', help='GPU device number (default: 0)')
     p.add_argument('--no-cuda', action='store_true', default=False, help='disables CUDA training')
-    p.add_argument('--video-path', default='.', type=str, metavar='D',
+    p.add_argument('--video-path', default='.', type=str, metavar='FILE',
                    help='video file path (the published video demo; not supported here)')
     # Added by this implementation.
     p.add_argument('--data-path', default=None, type=str, metavar='DIR',
                    help='dataset folder (default: ./data/MVTec-AD, ./data/STC/shanghaitech or ./data/demo)')
-    p.add_argument('--seed', default=0, type=int, help='seed of every random choice (default: 0)')
+    p.add_argument('--seed', default=None, type=int, metavar='N',
+                   help='seed of every random choice (default: the -run number, so runs 0..3 differ)')
+    p.add_argument('--save-best', action='store_true', default=False,
+                   help='also keep the checkpoint of the epoch with the best localization AUROC, rewritten '
+                        'whenever it improves (the published behaviour; default: the final checkpoint only)')
+    p.add_argument('--max-image-pixels', default=Image.MAX_IMAGE_PIXELS, type=int, metavar='N',
+                   help=f'largest image Pillow will open (its decompression-bomb guard; default: '
+                        f'{Image.MAX_IMAGE_PIXELS})')
     p.add_argument('--encoder-weights', default=None, type=str, metavar='PATH',
                    help="torchvision state-dict file of the encoder, or 'none' for a seeded random init "
                         '(default: torchvision IMAGENET1K_V1, downloaded or from the torch hub cache)')
@@ -74,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--test-cache-mb', default=4096, type=float, metavar='MB',
                    help='keep the test batches of the first pass in memory up to this size and replay '
                         'them in later meta epochs (same tensors; 0 = read the files every time; default: 4096)')
-    p.add_argument('--scorer', default='fused', choices=('fused', 'freia'),
+    p.add_argument('--scorer', default='fused', choices=('fused', 'freia'), metavar='NAME',
                    help='test-time scoring: fused (precomputed condition terms) or the FrEIA modules; '
                         'equal to float32 round-off (default: fused)')
     p.add_argument('--tf32', action='store_true', default=False,
@@ -112,8 +127,8 @@ def derive(c) -> argparse.Namespace:
         raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
     if c.dec_arch not in DECODER_ARCHS:
         raise CflowError(f'unknown decoder -dec {c.dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
-    if c.action_type not in ('norm-train', 'norm-test'):
-        raise CflowError(f'unknown --action-type {c.action_type!r}: choose norm-train or norm-test')
+    if c.action_type not in ACTIONS:
+        raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
     if c.action_type == 'norm-test' and not c.checkpoint:
         raise CflowError('--action-type norm-test needs --checkpoint FILE')
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
@@ -124,6 +139,14 @@ def derive(c) -> argparse.Namespace:
             raise CflowError(f'{flag} must be at least 1, got {value}')
     if c.pool_layers > 3:
         raise CflowError(f'-pl/--pool-layers is at most 3, got {c.pool_layers}')
+    if c.action_type == 'norm-train' and c.checkpoint:
+        raise CflowError('--checkpoint is for norm-test (the published code ignores it when training, and a '
+                         'warm start would silently restart the schedule): drop --checkpoint, or pass '
+                         '--action-type norm-test')
+    if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
+        raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
+                         f'smaller than the network\'s padding; pass -inp '
+                         f'{smallest_input_size(c.enc_arch, c.pool_layers)} or more')
     if c.dataset == 'demo' and c.class_name == 'none':
         from custom_datasets.synthetic import DEMO_CLASS
         c.class_name = DEMO_CLASS
@@ -141,7 +164,11 @@ def derive(c) -> argparse.Namespace:
     c.fiber_batch = FIBER_BATCH
     c.model = (f'{c.dataset}_{c.enc_arch}_{c.dec_arch}_pl{c.pool_layers}_cb{c.coupling_blocks}'
                f'_inp{c.input_size}_run{c.run_name}_{c.class_name}')
-    c.run_date = datetime.datetime.now().strftime('%Y-%m-%d-%H:%M:%S')
+    if c.seed is None:
+        c.seed = c.run_name  # -run 0..3 are four different, reproducible runs
+    Image.MAX_IMAGE_PIXELS = c.max_image_pixels
+    # The published date with '-' for ':' (file names must work on Windows too).
+    c.run_date = datetime.datetime.now().strftime('%Y-%m-%d-%H-%M-%S')
     c.results_dir = os.path.join(c.output_dir, 'results')
     c.weights_dir = os.path.join(c.output_dir, 'weights')
     c.viz_dir = os.path.join(c.output_dir, 'viz', f'{c.model}_{c.run_date}')

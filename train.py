@@ -7,11 +7,12 @@ as in torch 1.8. Testing scores every fiber of the test set (all at once per bat
 turns the log-likelihoods into anomaly maps and computes the metrics.
 """
 import functools
+import math
 import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -19,16 +20,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from custom_datasets import build_datasets
+from custom_datasets.common import require_defect_pixels
 from custom_datasets.loaders import ReplayLoader, make_loader
-from custom_models.encoders import build_encoder, imagenet_weights_cached, tap_shapes
+from custom_models.encoders import build_encoder, imagenet_weights_cached, smallest_input_size, tap_shapes
 from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
 from utils.anomaly_map import anomaly_maps, image_scores
 from utils.checkpoint import load_checkpoint_decoders, load_checkpoint_encoder, read_checkpoint, save_checkpoint
-from utils.errors import CflowError
+from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
-from utils.results import METRIC_NAMES, ScoreObserver, write_results
+from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
 from utils.schedule import cosine_lr, set_lr, warmup_lr
 
 
@@ -62,12 +64,28 @@ def check_fiber_count(c, encoder, n_train: int) -> None:
     for name, (C, H, W) in zip(encoder.tap_names, tap_shapes(c.enc_arch, c.pool_layers, c.input_size)):
         fibers = c.batch_size * H * W
         if fibers < c.fiber_batch:
+            smallest = smallest_input_size(c.enc_arch, c.pool_layers, -(-c.fiber_batch // c.batch_size))
             raise CflowError(f'pool layer {name} gives {c.batch_size} x {H} x {W} = {fibers} fibers per image batch, '
-                             f'fewer than one fiber batch of {c.fiber_batch}: raise -bs/--batch-size or -inp/--input-size')
+                             f'fewer than one fiber batch of {c.fiber_batch}: raise -bs/--batch-size or '
+                             f'-inp/--input-size (at -bs {c.batch_size}, {c.enc_arch} needs -inp {smallest} or more)')
 
 
-def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optimizer) -> float:
-    """One meta epoch of ``c.sub_epochs`` passes; returns the last sub-epoch's mean loss."""
+def check_finite_loss(mean_loss: float, epoch: int, sub_epoch: int) -> None:
+    """Stop a diverged flow where the loss is synchronised anyway: the end of a sub-epoch."""
+    if not math.isfinite(mean_loss):
+        raise CflowError(f'training diverged: the loss of epoch {epoch}.{sub_epoch} is {mean_loss}; '
+                         f'lower --lr, use fewer -cb/--coupling-blocks, or check the images for '
+                         f'extreme values (the results of earlier epochs are kept)')
+
+
+def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optimizer,
+                     step_log: Optional[list] = None) -> float:
+    """One meta epoch of ``c.sub_epochs`` passes; returns the last sub-epoch's mean loss.
+
+    ``step_log``, when given, receives (mean loss, lr) of every optimizer step (a host
+    sync per step: for tests against the published trajectory, not for real runs).
+    A non-finite sub-epoch loss stops training with a one-line error.
+    """
     for decoder in decoders:
         decoder.train()
     set_lr(optimizer, cosine_lr(c.lr, epoch, c.meta_epochs))
@@ -94,11 +112,24 @@ def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optim
                     optimizer.zero_grad(set_to_none=False)
                     loss.mean().backward()
                     optimizer.step()
+                    if step_log is not None:
+                        step_log.append((loss.detach().mean().item(), optimizer.param_groups[0]['lr']))
                     loss_sum += loss.detach().sum()
                     loss_count += loss.shape[0]
         mean_loss = loss_sum.item() / max(loss_count, 1)
+        check_finite_loss(mean_loss, epoch, sub_epoch)
         print(f'Epoch: {epoch:d}.{sub_epoch:d} \t train loss: {mean_loss:.4f}, lr={optimizer.param_groups[0]["lr"]:.6f}')
     return mean_loss
+
+
+def check_finite_scores(log_probs: List[torch.Tensor]) -> None:
+    """A NaN or inf log-likelihood would make every map of its layer NaN: stop with a clear line."""
+    for layer, log_prob in enumerate(log_probs):
+        bad = int((~torch.isfinite(log_prob)).sum())
+        if bad:
+            raise CflowError(f'decoder {layer} gave {bad} non-finite log-likelihoods of {log_prob.numel()}: the flow '
+                             f'diverged or the checkpoint is broken; retrain with a lower --lr (the results of '
+                             f'earlier epochs are kept)')
 
 
 @dataclass
@@ -152,6 +183,7 @@ def score_test_set(c, loader: DataLoader, encoder, decoders) -> TestScores:
                 per_layer[l].append(log_prob)
         log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
     seconds = time.time() - start
+    check_finite_scores(log_probs)
     loss = torch.cat([nll_loss(lp.flatten().double()) for lp in log_probs]).mean().item()
     return TestScores(log_probs, np.concatenate(labels), np.concatenate(masks), loss,
                       len(loader.dataset) / max(seconds, 1e-9))
@@ -183,9 +215,9 @@ def build_model(c):
     if c.device.startswith('cuda'):
         encoder = encoder.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    if c.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # PyTorch lets cuDNN convolutions run in TF32 unless told otherwise: full fp32 unless --tf32.
+    torch.backends.cuda.matmul.allow_tf32 = c.tf32
+    torch.backends.cudnn.allow_tf32 = c.tf32
     decoders = [decoder.to(c.device) for decoder in decoders]
     return encoder, decoders
 
@@ -194,6 +226,7 @@ def run(c) -> dict:
     """Train (or load) and test as the flags say; write results and checkpoints."""
     train_set, test_set = build_datasets(c)
     require_both_classes(test_set.y)  # before any training, not after the first epoch
+    require_defect_pixels(test_set)
     encoder, decoders = build_model(c)
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / {len(test_set)} test images')
@@ -205,32 +238,39 @@ def run(c) -> dict:
         optimizer = torch.optim.Adam(params, lr=c.lr)
         train_loader = make_loader(c, train_set, train=True)
 
+    reserve_run(c)
     observers = {name: ScoreObserver(name) for name in METRIC_NAMES}
     history, checkpoints = [], []
     best_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}.pt')
     maps = image_score = scores = None
-    for epoch in range(c.meta_epochs):
-        train_loss = None
+    try:
+        for epoch in range(c.meta_epochs):
+            train_loss = None
+            if optimizer is not None:
+                print(f'Train meta epoch: {epoch}')
+                train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer)
+            scores = score_test_set(c, test_loader, encoder, decoders)
+            print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
+            maps, image_score, metrics = evaluate(c, scores)
+            improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()}
+            if c.save_best and improved['SEG_AUROC'] and optimizer is not None:
+                save_checkpoint(best_path, encoder, decoders)
+                print(f'Saving weights to {best_path}')
+                if best_path not in checkpoints:
+                    checkpoints.append(best_path)
+            history.append({'epoch': epoch, 'train_loss': train_loss, 'test_loss': scores.loss,
+                            'test_fps': scores.images_per_second, **metrics})
+            write_results(c, observers, history, checkpoints, status='running')
         if optimizer is not None:
-            print(f'Train meta epoch: {epoch}')
-            train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer)
-        scores = score_test_set(c, test_loader, encoder, decoders)
-        print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
-        maps, image_score, metrics = evaluate(c, scores)
-        improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()}
-        if improved['SEG_AUROC'] and optimizer is not None:
-            save_checkpoint(best_path, encoder, decoders)
-            print(f'Saving weights to {best_path}')
-            if best_path not in checkpoints:
-                checkpoints.append(best_path)
-        history.append({'epoch': epoch, 'train_loss': train_loss, 'test_loss': scores.loss,
-                        'test_fps': scores.images_per_second, **metrics})
-
-    if optimizer is not None:
-        final_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}_final.pt')
-        save_checkpoint(final_path, encoder, decoders)
-        checkpoints.append(final_path)
-        print(f'Saving final weights to {final_path}')
+            final_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}_final.pt')
+            save_checkpoint(final_path, encoder, decoders)
+            checkpoints.append(final_path)
+            print(f'Saving final weights to {final_path}')
+    except BaseException as exc:  # Ctrl-C or an error: keep what was done, marked as not complete
+        status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
+        write_results(c, observers, history, checkpoints, status=status,
+                      extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
+        raise
     files = write_results(c, observers, history, checkpoints)
     print_summary(c, observers, history)
     if c.viz:

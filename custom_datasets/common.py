@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -36,14 +37,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert('RGB')
 
 
+# What Pillow raises for a file it cannot read (the bomb guard raises its own type).
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def unreadable(path: str, exc: Exception, what: str = 'image') -> CflowError:
+    """The one-line error for a file Pillow cannot read, with the fix that fits the cause."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return CflowError(f'{what} {path} is larger than Pillow\'s decompression-bomb limit of '
+                          f'{Image.MAX_IMAGE_PIXELS} pixels: if you trust the file, pass a larger --max-image-pixels')
+    return CflowError(f'cannot read {what} {path} ({exc}): replace or remove the file')
+
+
 def read_rgb(path: str) -> Image.Image:
     """Open an image file as RGB, or fail with a message naming the file."""
     try:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise CflowError(f'cannot read image {path} ({exc}): replace or remove the file') from None
+    except READ_ERRORS as exc:
+        raise unreadable(path, exc) from None
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:
@@ -56,16 +69,30 @@ def read_mask(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return mask_image(np.asarray(image.convert('L')))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise CflowError(f'cannot read mask {path} ({exc}): replace or remove the file') from None
+    except READ_ERRORS as exc:
+        raise unreadable(path, exc, 'mask') from None
+
+
+MAX_ROTATION = 5.0  # degrees: the published RandomRotation(5)
 
 
 def image_transform(input_size: int, train: bool, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    steps = [T.Resize((input_size, input_size), interpolation=T.InterpolationMode.LANCZOS)]
-    if train:
-        steps.append(T.RandomRotation(5))
-    steps += [T.CenterCrop(input_size), T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
+    """The published test transform; for training, see :func:`rotate_like_random_rotation` (applied
+    between the resize and the crop, as published)."""
+    return T.Compose([T.Resize((input_size, input_size), interpolation=T.InterpolationMode.LANCZOS),
+                      T.CenterCrop(input_size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def rotate_like_random_rotation(image: Image.Image, seed: int) -> Image.Image:
+    """``RandomRotation(5)`` (nearest, black fill, no expand) with its angle drawn from ``seed``.
+
+    torchvision draws the angle from the global RNG of whichever loader worker reads the
+    image, so the worker count changed the training data. The sampler gives every sample
+    its own seed instead (:class:`custom_datasets.loaders.SeededShuffle`).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    angle = float(torch.empty(1).uniform_(-MAX_ROTATION, MAX_ROTATION, generator=generator).item())
+    return TF.rotate(image, angle, T.InterpolationMode.NEAREST, expand=False, center=None, fill=0)
 
 
 def mask_transform(input_size: int) -> Callable:
@@ -73,10 +100,22 @@ def mask_transform(input_size: int) -> Callable:
                       T.CenterCrop(input_size), T.ToTensor()])
 
 
+def is_image_name(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    return name.lower().endswith(tuple(extensions)) and not name.startswith('.')
+
+
 def list_images(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
     """Image files directly in ``folder``, sorted by name; extensions compare case-blind."""
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.lower().endswith(tuple(extensions)) and not f.startswith('.'))
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if is_image_name(f, extensions))
+
+
+def list_images_recursive(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
+    """Image files in ``folder`` and every folder below it, sorted by path (hidden folders skipped)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith('.')]
+        found += [os.path.join(root, f) for f in files if is_image_name(f, extensions)]
+    return sorted(found)
 
 
 def require_dir(path: str, what: str, fix: str) -> None:
@@ -97,8 +136,9 @@ class LabelledImages(Dataset):
     def __init__(self, images: List[str], labels: List[int], masks: List[Optional[object]],
                  input_size: int, train: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.x, self.y, self.mask = images, labels, masks
-        self.input_size = input_size
-        self.transform_x = image_transform(input_size, train, mean, std)
+        self.input_size, self.train = input_size, train
+        self.resize = T.Resize((input_size, input_size), interpolation=T.InterpolationMode.LANCZOS)
+        self.finish = T.Compose([T.CenterCrop(input_size), T.ToTensor(), T.Normalize(mean, std)])
         self.transform_mask = mask_transform(input_size)
 
     def __len__(self) -> int:
@@ -111,8 +151,26 @@ class LabelledImages(Dataset):
         image = read_mask(mask) if isinstance(mask, str) else mask_image(mask())
         return self.transform_mask(image)
 
-    def __getitem__(self, idx: int) -> Tuple[torch.Tensor, int, torch.Tensor]:
-        return self.transform_x(read_rgb(self.x[idx])), self.y[idx], self.load_mask(idx)
+    def load_image(self, idx: int, seed: Optional[int] = None) -> torch.Tensor:
+        """Resize (both sides), rotate when training, crop, normalise: the published order."""
+        image = self.resize(read_rgb(self.x[idx]))
+        if self.train:
+            image = rotate_like_random_rotation(image, seed if seed is not None else int(torch.randint(2 ** 62, ())))
+        return self.finish(image)
+
+    def __getitem__(self, key) -> Tuple[torch.Tensor, int, torch.Tensor]:
+        """``key``: an index, or (index, rotation seed) from :class:`SeededShuffle`."""
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        return self.load_image(idx, seed), self.y[idx], self.load_mask(idx)
+
+
+def image_size(path: str, what: str = 'image') -> Tuple[int, int]:
+    """(width, height) from the file's header, or a one-line error naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except READ_ERRORS as exc:
+        raise unreadable(path, exc, what) from None
 
 
 def check_readable(paths: List[str]) -> None:
@@ -121,8 +179,26 @@ def check_readable(paths: List[str]) -> None:
     Reads headers only; a file broken further in is caught when it is loaded.
     """
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.size
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            raise CflowError(f'cannot read image {path} ({exc}): replace or remove the file') from None
+        image_size(path)
+
+
+def check_mask_sizes(images: List[str], masks: List[Optional[object]]) -> None:
+    """Each mask file must have its image's size: both are resized on their own to a square,
+    so a mask of another aspect ratio would land on the wrong pixels (headers only)."""
+    for image, mask in zip(images, masks):
+        if isinstance(mask, str):
+            found, expected = image_size(mask, 'mask'), image_size(image)
+            if found != expected:
+                raise CflowError(f'mask {mask} is {found[0]}x{found[1]} but its image {image} is '
+                                 f'{expected[0]}x{expected[1]}: masks must have their image\'s size')
+
+
+def require_defect_pixels(dataset: 'LabelledImages') -> None:
+    """Fail before training when no defective test image has a defect pixel in its mask
+    (localization AUROC and AUPRO would be undefined after the first epoch)."""
+    defective = [i for i, label in enumerate(dataset.y) if label]
+    for i in defective:  # usually the first mask has pixels: this reads one file
+        if dataset.mask[i] is not None and dataset.load_mask(i).any():
+            return
+    raise CflowError(f'all {len(defective)} defective test images have empty ground-truth masks: '
+                     f'localization metrics need defect pixels (non-zero) in the masks')

@@ -6,9 +6,11 @@
     <root>/<class>/ground_truth/<defect type>/<name>_mask.png
 """
 import os
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
-from custom_datasets.common import IMAGE_EXTENSIONS, LabelledImages, check_readable, list_images, require_dir
+from custom_datasets.common import (IMAGE_EXTENSIONS, LabelledImages, check_mask_sizes, check_readable, list_images,
+                                    list_images_recursive, require_dir)
 from utils.errors import CflowError
 
 
@@ -21,9 +23,16 @@ def list_split(class_dir: str, train: bool,
     images, labels, masks = [], [], []
     for defect in sorted(os.listdir(phase_dir)):
         defect_dir = os.path.join(phase_dir, defect)
-        if not os.path.isdir(defect_dir):
+        if not os.path.isdir(defect_dir) or defect.startswith('.'):
             continue
         paths = list_images(defect_dir, extensions)
+        nested = len(list_images_recursive(defect_dir, extensions)) - len(paths)
+        if nested:
+            raise CflowError(f'{defect_dir} has {nested} images in subfolders, which are not read: '
+                             f'move them into {defect_dir}/ itself')
+        if not paths:
+            warnings.warn(f'{defect_dir} holds no images ({"/".join(extensions)}): skipped')
+            continue
         images += paths
         if defect == 'good':
             labels += [0] * len(paths)
@@ -41,6 +50,7 @@ def list_split(class_dir: str, train: bool,
     if train and any(labels):
         raise CflowError(f'{phase_dir} holds defect folders; training uses defect-free images only (train/good/)')
     check_readable(images)
+    check_mask_sizes(images, masks)
     return images, labels, masks
 
 

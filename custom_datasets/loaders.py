@@ -1,15 +1,36 @@
 """Data loaders: the published loader settings, and replay of deterministic test passes."""
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
+
+
+class SeededShuffle(Sampler):
+    """A random order of the dataset per pass, each index paired with its own rotation seed.
+
+    Order and seeds come from one generator in the main process, so the training data are
+    the same whatever the number of loader workers (which each have their own RNG).
+    """
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator)
+        seeds = torch.randint(2 ** 62, (self.n,), generator=self.generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
 
 
 def make_loader(c, dataset, train: bool) -> DataLoader:
     # Training workers live across sub-epochs (200 passes by default) instead of restarting.
     kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'),
                   persistent_workers=train and c.workers > 0)
-    generator = torch.Generator().manual_seed(c.seed + (0 if train else 1))
-    return DataLoader(dataset, batch_size=c.batch_size, shuffle=train, drop_last=train,
-                      generator=generator, **kwargs)
+    if not train:
+        return DataLoader(dataset, batch_size=c.batch_size, shuffle=False, **kwargs)
+    generator = torch.Generator().manual_seed(c.seed)
+    return DataLoader(dataset, batch_size=c.batch_size, sampler=SeededShuffle(len(dataset), generator),
+                      drop_last=True, **kwargs)
 
 
 class ReplayLoader:

@@ -20,7 +20,7 @@ from typing import List, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from custom_datasets.common import LabelledImages, check_readable, list_images, require_dir
+from custom_datasets.common import LabelledImages, check_readable, image_size, list_images, require_dir
 from utils.errors import CflowError
 
 STC_CLASS_NAMES = tuple(f'{i:02d}' for i in range(1, 13))  # scene 13 has no test ground truth
@@ -98,13 +98,19 @@ def labelled_test_frames(root: str, scene: str) -> Tuple[List[str], List[int], l
             if not os.path.isfile(path):
                 raise CflowError(f'test clip {clip} has no ground truth: expected {path}')
         frame_labels = np.load(label_path).reshape(-1)
-        mask_frames = np.load(mask_path, mmap_mode='r').shape[0]
+        mask_shape = np.load(mask_path, mmap_mode='r').shape
+        mask_frames = mask_shape[0]
         if not len(frames) == len(frame_labels) == mask_frames:
             raise CflowError(f'test clip {name} has {len(frames)} frames but {len(frame_labels)} frame labels '
                              f'and {mask_frames} pixel masks: the three must match')
+        if frames and image_size(frames[0])[::-1] != tuple(mask_shape[1:]):
+            width, height = image_size(frames[0])
+            raise CflowError(f'{mask_path} holds {mask_shape[2]}x{mask_shape[1]} masks but the frames of {name} are '
+                             f'{width}x{height}: masks must have their frame\'s size')
         images += frames
         labels += [int(v != 0) for v in frame_labels]
-        masks += [functools.partial(_frame_of, mask_path, i) for i in range(len(frames))]
+        # As published: a frame labelled normal gets an all-zero mask, whatever the mask file holds.
+        masks += [functools.partial(_frame_of, mask_path, i) if frame_labels[i] else None for i in range(len(frames))]
     check_readable(images)
     return images, labels, masks
 

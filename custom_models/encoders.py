@@ -116,6 +116,31 @@ def tap_shapes(arch: str, pool_layers: int, input_size: int) -> List[tuple]:
     return [tuple(t.shape[1:]) for t in taps]
 
 
+def input_size_fits(arch: str, pool_layers: int, input_size: int, min_positions: int = 1) -> bool:
+    """Whether every tap exists at this input size and has at least ``min_positions`` positions.
+
+    A ResNet's reflection padding needs each padded map to be larger than its padding, so a
+    too-small input fails inside the network; that failure is what this detects.
+    """
+    try:
+        shapes = tap_shapes(arch, pool_layers, input_size)
+    except RuntimeError:
+        return False
+    return all(H * W >= min_positions for _, H, W in shapes)
+
+
+def smallest_input_size(arch: str, pool_layers: int, min_positions: int = 1, limit: int = 4096) -> int:
+    """The smallest square -inp for which :func:`input_size_fits` holds (binary search: it is monotone)."""
+    low, high = 1, limit
+    while low < high:
+        middle = (low + high) // 2
+        if input_size_fits(arch, pool_layers, middle, min_positions):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 # ----------------------------------------------------------------------------------
 # Weights
 

@@ -63,8 +63,9 @@ def test_result_files_hold_the_published_line_and_every_setting(demo_run):
 def test_checkpoints_are_in_the_authors_format_and_norm_test_reproduces_the_last_epoch(demo_run, tmp_path, capsys):
     out, argv = demo_run
     _, report = read_report(out)
-    best, final = report['checkpoints']
-    assert final.endswith('_final.pt') and os.path.isfile(best)
+    (final,) = report['checkpoints']  # one checkpoint per run unless --save-best
+    assert final.endswith('_final.pt') and os.path.isfile(final)
+    assert report['complete'] and report['status'] == 'complete' and ':' not in os.path.basename(final)
     state = torch.load(final, map_location='cpu', weights_only=True)
     assert sorted(state) == ['decoder_state_dict', 'encoder_state_dict']
     assert len(state['decoder_state_dict']) == 3 and 'layer4.1.conv2.weight' in state['encoder_state_dict']

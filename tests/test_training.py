@@ -93,3 +93,17 @@ def test_test_passes_after_the_first_replay_identical_batches_without_reading_fi
     unbuffered = ReplayLoader(make_loader(c, test_set, train=False), 0)
     score_test_set(c, unbuffered, encoder, decoders)
     assert unbuffered.batches is None
+
+
+def test_training_batches_do_not_depend_on_the_worker_count(demo_root):
+    """Order and rotation angles come from the sampler in the main process, not from each worker's RNG."""
+    def batches(workers):
+        c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '64',
+                          '-bs', '16', '--workers', str(workers), '--no-cuda', '--seed', '3'])
+        train_set, _ = build_datasets(c)
+        loader = make_loader(c, train_set, train=True)
+        return [image for _ in range(2) for image, _, _ in loader]  # two passes: new order, new angles
+
+    zero, two = batches(0), batches(2)
+    assert len(zero) == 8 and all(torch.equal(a, b) for a, b in zip(zero, two))
+    assert not torch.equal(zero[0], zero[4])  # the second pass is another draw

@@ -9,21 +9,23 @@ A MobileNet's encoder state is that of its ``.features`` (keys start at ``0.``).
 published loader uses ``strict=False``, so a checkpoint of another architecture loads
 "fine" and gives wrong scores; here every mismatch is an error naming expected vs found.
 """
-import os
 import re
-from typing import List
+from typing import List, Optional
 
 import torch
 
 from custom_models.encoders import FeatureEncoder, load_encoder_state, read_state_file
+from utils.atomic import atomic_write
 from utils.errors import CflowError
 
 
-def save_checkpoint(path: str, encoder: FeatureEncoder, decoders: List[torch.nn.Module]) -> None:
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+def save_checkpoint(path: str, encoder: FeatureEncoder, decoders: List[torch.nn.Module],
+                    extra: Optional[dict] = None) -> None:
+    """Write an authors'-format checkpoint (atomically); ``extra`` adds keys beside the two
+    published ones (e.g. calibration), which the authors' loader never reads."""
     state = {'encoder_state_dict': encoder.net.state_dict(),
-             'decoder_state_dict': [decoder.state_dict() for decoder in decoders]}
-    torch.save(state, path)
+             'decoder_state_dict': [decoder.state_dict() for decoder in decoders], **(extra or {})}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def describe_decoder_state(state: dict) -> dict:

@@ -5,10 +5,13 @@
 * ``results/{model}_{date}.json``: every setting, the seed, each epoch's metrics, the
   maxima with their epochs and the last epoch's values.
 """
+import itertools
 import json
 import math
 import os
 from typing import Dict, List, Optional
+
+from utils.atomic import atomic_write_text, create_exclusive
 
 METRIC_NAMES = ('DET_AUROC', 'SEG_AUROC', 'SEG_AUPRO')
 
@@ -23,9 +26,14 @@ class ScoreObserver:
         self.last: Optional[float] = None
 
     def update(self, score: float, epoch: int) -> bool:
-        """Record ``score``; True when it is a new max (the published rule: epoch 0 always is)."""
+        """Record ``score``; True when it is a new max (the published rule: epoch 0 always is).
+
+        A NaN (an undefined AUPRO, say) is recorded as the last value but never becomes the max.
+        """
         self.last = score
-        improved = epoch == 0 or score > self.max_score
+        improved = not math.isnan(score) and (epoch == 0 or math.isnan(self.max_score) or score > self.max_score)
+        if epoch == 0 and not improved:
+            self.max_score = float('nan')  # nothing valid yet: a later finite value takes the max
         if improved:
             self.max_score, self.max_epoch = score, epoch
         print(f'{self.name}: \t last: {score:.2f} \t max: {self.max_score:.2f} \t epoch_max: {self.max_epoch:d}')
@@ -51,22 +59,58 @@ def summary_line(observers: Dict[str, ScoreObserver], class_name: str) -> str:
             f'for {class_name}\n')
 
 
-def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], checkpoints: List[str]) -> Dict[str, str]:
-    """Write the text and JSON result files; return their paths."""
-    os.makedirs(c.results_dir, exist_ok=True)
-    stem = os.path.join(c.results_dir, f'{c.model}_{c.run_date}')
-    with open(stem + '.txt', 'w') as f:
-        f.write(summary_line(observers, c.class_name))
+def run_stem(c) -> str:
+    return os.path.join(c.results_dir, f'{c.model}_{c.run_date}')
+
+
+def reserve_run(c) -> str:
+    """Claim ``results/{model}_{date}.json`` for this run and return the stem.
+
+    Two runs started in the same second with the same settings would share a name; the
+    second gets ``{date}-2`` (then -3, ...), and its checkpoints and figures follow it.
+    """
+    base = c.run_date
+    for k in itertools.count(1):
+        c.run_date = base if k == 1 else f'{base}-{k}'
+        placeholder = json.dumps({'model': c.model, 'date': c.run_date, 'status': 'starting', 'complete': False})
+        if create_exclusive(run_stem(c) + '.json', placeholder):
+            c.viz_dir = os.path.join(c.output_dir, 'viz', f'{c.model}_{c.run_date}')
+            return run_stem(c)
+
+
+def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], checkpoints: List[str],
+                  status: str = 'complete', extra: Optional[dict] = None) -> Dict[str, str]:
+    """Write the text and JSON result files (atomically); return their paths.
+
+    Called after every meta epoch with ``status='running'`` and at the end with
+    ``'complete'`` (or ``'interrupted'`` / ``'failed'``): only a complete file has
+    ``"complete": true``, which is what the reproduce runner trusts.
+    """
+    stem = run_stem(c)
+    if history:  # the published line needs at least one tested epoch
+        atomic_write_text(stem + '.txt', summary_line(observers, c.class_name))
     report = {
         'model': c.model,
         'date': c.run_date,
         'seed': c.seed,
+        'status': status,
+        'complete': status == 'complete',
         'settings': {k: v for k, v in sorted(vars(c).items())},
         'epochs': history,
         'max': {name: {'value': o.max_score, 'epoch': o.max_epoch} for name, o in observers.items()},
         'last': {name: o.last for name, o in observers.items()},
         'checkpoints': checkpoints,
+        **(extra or {}),
     }
-    with open(stem + '.json', 'w') as f:
-        json.dump(_json_safe(report), f, indent=1)
+    atomic_write_text(stem + '.json', json.dumps(_json_safe(report), indent=1))
     return {'text': stem + '.txt', 'json': stem + '.json'}
+
+
+def read_results(path: str) -> Optional[dict]:
+    """A results JSON, or None when it is missing, truncated or not one of ours."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and 'model' in report else None

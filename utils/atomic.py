@@ -1,0 +1,76 @@
+"""Files a user keeps (results, checkpoints, exports, predictions) are never left half-written.
+
+Each is written to a temporary file in the same folder, flushed to disk, and moved into
+place with ``os.replace`` (atomic on POSIX and Windows): an interruption, a crash or a
+full disk leaves the previous version or nothing, never a truncated file.
+"""
+import contextlib
+import os
+import tempfile
+from typing import Callable, Iterator
+
+from utils.errors import CflowError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, else it is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise CflowError(f'cannot write into {folder} ({exc.strerror}): pass a writable --output-dir') from None
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CflowError(f'cannot write {path} ({exc.strerror or exc}): free some disk space or pass '
+                         f'another --output-dir (the previous version, if any, is untouched)') from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp_path)`` then move the result into place (e.g. ``torch.save``, ``fig.savefig``)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+
+def create_exclusive(path: str, text: str) -> bool:
+    """Write ``text`` to ``path`` only if no file is there; False when one is.
+
+    A hard link of a finished temporary file is exclusive and complete in one step; where
+    the filesystem has no hard links, ``O_EXCL`` creation is the fallback.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, 'w') as f:
+                f.write(text)
+            return True
+    finally:
+        os.remove(tmp)
