@@ -3,6 +3,7 @@ import argparse
 import datetime
 import os
 import sys
+from typing import Optional
 
 import torch
 from PIL import Image
@@ -18,6 +19,9 @@ DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitec
 FIBER_BATCH = 256  # N: fibers per training step, as published
 ACTIONS = ('norm-train', 'norm-test')
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+# --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
+DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
+                 'meta_epochs': ('--meta-epochs', 4), 'sub_epochs': ('--sub-epochs', 4)}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -101,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def model_name(dataset: str, enc: str, dec: str, pool_layers: int, coupling_blocks: int, input_size: int,
+               run: int, class_name: str) -> str:
+    """The published run name: ``{dataset}_{enc}_{dec}_pl{pl}_cb{cb}_inp{inp}_run{run}_{class}``."""
+    return f'{dataset}_{enc}_{dec}_pl{pool_layers}_cb{coupling_blocks}_inp{input_size}_run{run}_{class_name}'
+
+
 def select_device(c) -> str:
     """The torch device to use, with a one-line notice where it is not the asked-for one."""
     if c.no_cuda:
@@ -118,11 +128,48 @@ def select_device(c) -> str:
     return f'cuda:{index}'
 
 
-def derive(c) -> argparse.Namespace:
-    """Check the flags and add the settings the published code derives from them."""
+def apply_demo_defaults(c, given: set) -> None:
+    """The demo's own small settings for every size flag the user left out (it would
+    otherwise start WideResNet-50 at 256 px for 25 x 8 epochs), and its class names only."""
+    from custom_datasets.synthetic import DEMO_CLASS, DEMO_CLASSES
+    if c.class_name == 'none':
+        c.class_name = DEMO_CLASS
+    if c.class_name not in DEMO_CLASSES:
+        raise CflowError(f'unknown demo class {c.class_name!r}: choose {DEMO_CLASS} (the default) or a stand-in named '
+                         f'after an MVTec AD class: {", ".join(DEMO_CLASSES[1:])}')
+    applied = []
+    for dest, (flag, value) in DEMO_DEFAULTS.items():
+        if dest not in given:
+            setattr(c, dest, value)
+            applied.append(f'{flag} {value}')
+    if applied:
+        print(f'Demo defaults: {" ".join(applied)} (pass a flag to change it)')
+
+
+def given_flags(argv) -> set:
+    """The destinations of the flags present in ``argv`` (defaults suppressed)."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def derive(c, given: Optional[set] = None) -> argparse.Namespace:
+    """Check the flags and add the settings the published code derives from them.
+
+    ``given``: the flags the user passed (for the demo's defaults); None = all of them.
+    """
+    given = set(vars(c)) if given is None else given
     if c.dataset not in DATASETS:
         hint = ' (the published video demo is not supported)' if c.dataset == 'video' else ''
         raise CflowError(f'unknown --dataset {c.dataset!r}{hint}: choose one of {", ".join(DATASETS)}')
+    if c.dataset == 'demo':
+        apply_demo_defaults(c, given)
+    elif c.class_name == 'none':
+        from custom_datasets.mvtec import MVTEC_CLASS_NAMES
+        choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path'}
+        raise CflowError(f'--dataset {c.dataset} needs -cl/--class-name NAME ({choices[c.dataset]}); '
+                         f'for a first try without data, use --dataset demo')
     if c.enc_arch not in ENCODER_ARCHS:
         raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
     if c.dec_arch not in DECODER_ARCHS:
@@ -147,9 +194,6 @@ def derive(c) -> argparse.Namespace:
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
                          f'smaller than the network\'s padding; pass -inp '
                          f'{smallest_input_size(c.enc_arch, c.pool_layers)} or more')
-    if c.dataset == 'demo' and c.class_name == 'none':
-        from custom_datasets.synthetic import DEMO_CLASS
-        c.class_name = DEMO_CLASS
     if c.data_path is None:
         if c.dataset not in DEFAULT_DATA_PATHS:
             raise CflowError(f'--dataset {c.dataset} needs --data-path DIR (the folder holding the class folders)')
@@ -162,8 +206,8 @@ def derive(c) -> argparse.Namespace:
     c.condition_vec = CONDITION_VEC
     c.clamp_alpha = CLAMP_ALPHA
     c.fiber_batch = FIBER_BATCH
-    c.model = (f'{c.dataset}_{c.enc_arch}_{c.dec_arch}_pl{c.pool_layers}_cb{c.coupling_blocks}'
-               f'_inp{c.input_size}_run{c.run_name}_{c.class_name}')
+    c.model = model_name(c.dataset, c.enc_arch, c.dec_arch, c.pool_layers, c.coupling_blocks, c.input_size,
+                         c.run_name, c.class_name)
     if c.seed is None:
         c.seed = c.run_name  # -run 0..3 are four different, reproducible runs
     Image.MAX_IMAGE_PIXELS = c.max_image_pixels
@@ -177,4 +221,5 @@ def derive(c) -> argparse.Namespace:
 
 
 def parse_config(argv=None) -> argparse.Namespace:
-    return derive(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return derive(build_parser().parse_args(argv), given_flags(argv))

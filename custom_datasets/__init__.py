@@ -22,7 +22,7 @@ def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
         from custom_datasets.folder import folder_dataset
         if c.dataset == 'demo':
             from custom_datasets.synthetic import make_demo_class
-            make_demo_class(c.data_path, c.class_name, seed=c.seed)
+            make_demo_class(c.data_path, c.class_name)
 
         def make(train):
             return folder_dataset(c.data_path, c.class_name, c.input_size, train, **norm)
