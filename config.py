@@ -17,7 +17,8 @@ from utils.errors import CflowError
 DATASETS = ('mvtec', 'stc', 'folder', 'demo')
 DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo'}
 FIBER_BATCH = 256  # N: fibers per training step, as published
-ACTIONS = ('norm-train', 'norm-test')
+ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export')
+DEPLOY_ACTIONS = ('calibrate', 'predict', 'export')  # a model file in, no dataset
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
 DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
@@ -80,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--save-best', action='store_true', default=False,
                    help='also keep the checkpoint of the epoch with the best localization AUROC, rewritten '
                         'whenever it improves (the published behaviour; default: the final checkpoint only)')
+    p.add_argument('--calibration-path', default=None, metavar='DIR',
+                   help='defect-free images not used for training (any folder, recursively): norm-train and '
+                        'calibrate take the per-image normalisation and thresholds from them (default after '
+                        'norm-train: the training images, an optimistic threshold)')
+    p.add_argument('--input', default=None, metavar='PATH',
+                   help='predict: an image, a folder of images (recursively) or a video file')
+    p.add_argument('--output', default=None, metavar='FILE',
+                   help='export: model.onnx (ONNX graph) or model.safetensors (compact file); calibrate: the '
+                        'calibrated model file (default: beside --checkpoint, *_calibrated.pt|.safetensors)')
     p.add_argument('--max-image-pixels', default=Image.MAX_IMAGE_PIXELS, type=int, metavar='N',
                    help=f'largest image Pillow will open (its decompression-bomb guard; default: '
                         f'{Image.MAX_IMAGE_PIXELS})')
@@ -146,6 +156,30 @@ def apply_demo_defaults(c, given: set) -> None:
         print(f'Demo defaults: {" ".join(applied)} (pass a flag to change it)')
 
 
+FLAG_OF_SETTING = {'input_size': '-inp', 'enc_arch': '-enc', 'pool_layers': '-pl', 'coupling_blocks': '-cb',
+                   'dec_arch': '-dec'}
+
+
+def apply_file_settings(c, settings: dict, source: str) -> None:
+    """Take a model file's own settings; a flag the user passed that contradicts one is an error."""
+    for key, value in settings.items():
+        flag = FLAG_OF_SETTING.get(key)
+        if flag and key in c.given and getattr(c, key) != value:
+            raise CflowError(f'{source} was made with {flag} {value}, but {flag} {getattr(c, key)} was passed: '
+                             f'drop {flag} (the model file states it)')
+        setattr(c, key, tuple(value) if isinstance(value, list) else value)
+
+
+def check_checkpoint_name(c) -> None:
+    """An authors'-style name states the input size, which the weights cannot confirm: refuse another -inp.
+    (-enc, -pl, -cb and -dec are checked against the weights themselves when the file is loaded.)"""
+    from utils.presets import settings_from_checkpoint_name
+    named = settings_from_checkpoint_name(c.checkpoint)
+    if named is not None and named['inp'] != c.input_size:
+        raise CflowError(f'checkpoint {os.path.basename(c.checkpoint)} is named inp{named["inp"]} but -inp is '
+                         f'{c.input_size}: pass -inp {named["inp"]} (or rename the file if its name is wrong)')
+
+
 def given_flags(argv) -> set:
     """The destinations of the flags present in ``argv`` (defaults suppressed)."""
     probe = build_parser()
@@ -160,24 +194,24 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
     ``given``: the flags the user passed (for the demo's defaults); None = all of them.
     """
     given = set(vars(c)) if given is None else given
+    c.given = sorted(given)  # the flags the user passed: a model file's own settings win over defaults only
     if c.dataset not in DATASETS:
         hint = ' (the published video demo is not supported)' if c.dataset == 'video' else ''
         raise CflowError(f'unknown --dataset {c.dataset!r}{hint}: choose one of {", ".join(DATASETS)}')
     if c.dataset == 'demo':
         apply_demo_defaults(c, given)
-    elif c.class_name == 'none':
-        from custom_datasets.mvtec import MVTEC_CLASS_NAMES
-        choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path'}
-        raise CflowError(f'--dataset {c.dataset} needs -cl/--class-name NAME ({choices[c.dataset]}); '
-                         f'for a first try without data, use --dataset demo')
     if c.enc_arch not in ENCODER_ARCHS:
         raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
     if c.dec_arch not in DECODER_ARCHS:
         raise CflowError(f'unknown decoder -dec {c.dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
     if c.action_type not in ACTIONS:
         raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
-    if c.action_type == 'norm-test' and not c.checkpoint:
-        raise CflowError('--action-type norm-test needs --checkpoint FILE')
+    if c.action_type != 'norm-train' and not c.checkpoint:
+        raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
+    if c.action_type == 'predict' and not c.input:
+        raise CflowError('--action-type predict needs --input PATH (an image, a folder or a video)')
+    if c.action_type == 'export' and not c.output:
+        raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
                         ('-inp/--input-size', c.input_size), ('-bs/--batch-size', c.batch_size),
                         ('--meta-epochs', c.meta_epochs), ('--sub-epochs', c.sub_epochs),
@@ -200,6 +234,11 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
         c.data_path = DEFAULT_DATA_PATHS[c.dataset]
     if c.action_type == 'norm-test':
         c.meta_epochs = 1  # as published: one test pass
+        if c.checkpoint.endswith('.safetensors'):
+            from utils.model_file import compact_settings
+            apply_file_settings(c, compact_settings(c.checkpoint), c.checkpoint)
+        else:
+            check_checkpoint_name(c)
     c.img_size = (c.input_size, c.input_size)
     c.crp_size = (c.input_size, c.input_size)
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)

@@ -10,13 +10,28 @@ def _interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # a killed run (a runner, a scheduler) records itself as interrupted
 
 
+def action(name: str):
+    """The function that carries out ``--action-type name`` (imported only when used)."""
+    if name == 'calibrate':
+        from calibrate import run_calibrate
+        return run_calibrate
+    if name == 'predict':
+        from predict import run_predict
+        return run_predict
+    if name == 'export':
+        from export import run_export
+        return run_export
+    from train import run  # norm-train, norm-test
+    return run
+
+
 def main(argv=None) -> int:
     from config import parse_config
-    from train import run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        run(parse_config(argv))
+        c = parse_config(argv)
+        action(c.action_type)(c)
     except CflowError as exc:  # also when a DataLoader worker re-raised it
         print(f'error: {user_message(exc)}', file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ from custom_models.encoders import build_encoder, imagenet_weights_cached, small
 from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
-from utils.anomaly_map import anomaly_maps, image_scores
+from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
+from utils.calibration import CALIBRATION_KEY, decision_quality, f1_optimal_threshold
 from utils.checkpoint import load_checkpoint_decoders, load_checkpoint_encoder, read_checkpoint, save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
@@ -189,28 +190,66 @@ def score_test_set(c, loader: DataLoader, encoder, decoders) -> TestScores:
                       len(loader.dataset) / max(seconds, 1e-9))
 
 
+def map_metrics(c, labels, masks, maps: np.ndarray, image_score: np.ndarray) -> dict:
+    """Detection AUROC, localization AUROC and (with --pro) AUPRO, in %."""
+    metrics = {'DET_AUROC': 100.0 * detection_auroc(labels, image_score),
+               'SEG_AUROC': 100.0 * localization_auroc(masks, maps)}
+    if c.pro:
+        metrics['SEG_AUPRO'] = 100.0 * aupro(masks, maps)
+    return metrics
+
+
 def evaluate(c, scores: TestScores):
-    """Anomaly maps, image scores and the metrics (in %) of one test pass."""
+    """Anomaly maps, image scores and the metrics (in %) of one test pass (published normalisation)."""
     maps = anomaly_maps(scores.log_probs, c.crp_size)
     image_score = image_scores(maps)
-    metrics = {'DET_AUROC': 100.0 * detection_auroc(scores.labels, image_score),
-               'SEG_AUROC': 100.0 * localization_auroc(scores.masks, maps)}
-    if c.pro:
-        metrics['SEG_AUPRO'] = 100.0 * aupro(scores.masks, maps)
-    return maps, image_score, metrics
+    return maps, image_score, map_metrics(c, scores.labels, scores.masks, maps, image_score)
+
+
+def evaluate_calibrated(c, scores: TestScores, calibration: dict) -> dict:
+    """The calibrated maps' metrics, and the decisions at the stored threshold beside the F1-optimal one
+    (an oracle: it is chosen with the test labels)."""
+    maps = calibrated_maps(scores.log_probs, c.crp_size, calibration)
+    image_score = image_scores(maps)
+    oracle = f1_optimal_threshold(scores.labels, image_score)
+    return {**map_metrics(c, scores.labels, scores.masks, maps, image_score),
+            'at_stored_threshold': decision_quality(scores.labels, image_score, calibration['image_threshold']),
+            'at_f1_optimal_threshold_oracle': decision_quality(scores.labels, image_score, oracle),
+            'calibration_source': calibration['source']}
+
+
+def print_calibrated(result: dict) -> None:
+    stored, oracle = result['at_stored_threshold'], result['at_f1_optimal_threshold_oracle']
+    metrics = ', '.join(f'{k} {result[k]:.2f}' for k in METRIC_NAMES if k in result)
+    print(f'Calibrated maps ({result["calibration_source"]}): {metrics}')
+    for name, q in (('stored threshold', stored), ('F1-optimal threshold (oracle)', oracle)):
+        print(f'  at the {name} {q["threshold"]:.4g}: false-positive rate {100 * q["fpr"]:.1f}% on good images, '
+              f'recall {100 * q["recall"]:.1f}%, F1 {100 * q["f1"]:.1f}%')
 
 
 def build_model(c):
-    """Encoder and decoders on ``c.device``, seeded; checkpoint loaded for norm-test."""
+    """Encoder and decoders on ``c.device``, seeded; checkpoint loaded for norm-test.
+
+    A checkpoint's calibration, if any, goes to ``c.calibration`` (norm-test then also
+    reports the calibrated metrics).
+    """
     seed_everything(c.seed)
-    state = read_checkpoint(c.checkpoint) if c.checkpoint else None
-    encoder = build_encoder(c.enc_arch, c.pool_layers, encoder_weights_choice(c))
-    if state is not None:
-        load_checkpoint_encoder(state, c.checkpoint, encoder)
-    decoders = build_decoders(c.dec_arch, encoder.pool_dims, c.coupling_blocks)
-    if state is not None:
-        load_checkpoint_decoders(state, c.checkpoint, decoders)
+    c.calibration = None
+    if c.checkpoint.endswith('.safetensors'):  # compact file: its settings were applied by config
+        from utils.model_file import read_compact
+        loaded = read_compact(c.checkpoint)
+        encoder, decoders, c.calibration = loaded.encoder, loaded.decoders, loaded.calibration
         print(f'Loading weights from {c.checkpoint}')
+    else:
+        state = read_checkpoint(c.checkpoint) if c.checkpoint else None
+        encoder = build_encoder(c.enc_arch, c.pool_layers, encoder_weights_choice(c))
+        if state is not None:
+            load_checkpoint_encoder(state, c.checkpoint, encoder)
+        decoders = build_decoders(c.dec_arch, encoder.pool_dims, c.coupling_blocks)
+        if state is not None:
+            load_checkpoint_decoders(state, c.checkpoint, decoders)
+            c.calibration = state.get(CALIBRATION_KEY)
+            print(f'Loading weights from {c.checkpoint}')
     encoder = encoder.to(c.device)
     if c.device.startswith('cuda'):
         encoder = encoder.to(memory_format=torch.channels_last)
@@ -260,10 +299,17 @@ def run(c) -> dict:
                     checkpoints.append(best_path)
             history.append({'epoch': epoch, 'train_loss': train_loss, 'test_loss': scores.loss,
                             'test_fps': scores.images_per_second, **metrics})
+            if c.calibration is not None:  # norm-test of a calibrated model
+                history[-1]['calibrated'] = evaluate_calibrated(c, scores, c.calibration)
+                print_calibrated(history[-1]['calibrated'])
             write_results(c, observers, history, checkpoints, status='running')
         if optimizer is not None:
+            from calibrate import calibrate_after_training
+            c.calibration = calibrate_after_training(c, encoder, decoders, train_set)
+            history[-1]['calibrated'] = evaluate_calibrated(c, scores, c.calibration)
+            print_calibrated(history[-1]['calibrated'])
             final_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}_final.pt')
-            save_checkpoint(final_path, encoder, decoders)
+            save_checkpoint(final_path, encoder, decoders, extra={CALIBRATION_KEY: c.calibration})
             checkpoints.append(final_path)
             print(f'Saving final weights to {final_path}')
     except BaseException as exc:  # Ctrl-C or an error: keep what was done, marked as not complete

@@ -3,9 +3,16 @@ from typing import Optional, Tuple
 
 from torch.utils.data import Dataset
 
+from utils.errors import CflowError
+
 
 def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
     """(train set or None for norm-test, test set) for the flags in ``c``."""
+    if c.class_name == 'none':
+        from custom_datasets.mvtec import MVTEC_CLASS_NAMES
+        choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path'}
+        raise CflowError(f'--dataset {c.dataset} needs -cl/--class-name NAME ({choices[c.dataset]}); '
+                         f'for a first try without data, use --dataset demo')
     norm = dict(mean=c.norm_mean, std=c.norm_std)
     need_train = c.action_type == 'norm-train'
     if c.dataset == 'mvtec':

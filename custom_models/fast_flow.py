@@ -78,6 +78,15 @@ class FastFlowScorer(nn.Module):
             self._condition_cache[key] = terms
         return self._condition_cache[key]
 
+    def score_map(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """B x H x W log p / C of a whole batch in one call (no Python loop over the batch, so
+        it traces and exports with a dynamic batch axis)."""
+        B, C, H, W = feature_map.shape
+        fibers = feature_map.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        log_p = coupling_log_likelihood(fibers, self.blocks, self._condition_terms(H, W, feature_map.device),
+                                        self.log_det_const)
+        return log_p.reshape(B, H, W)
+
     def forward(self, feature_map: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """B x H x W log p / C of every fiber of ``feature_map`` (B x C x H x W)."""
         B, C, H, W = feature_map.shape

@@ -12,6 +12,12 @@ from typing import Callable, Iterator
 from utils.errors import CflowError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, else it is removed."""
@@ -26,6 +32,7 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a user's files get the usual mode
         os.replace(tmp, path)
     except OSError as exc:
         raise CflowError(f'cannot write {path} ({exc.strerror or exc}): free some disk space or pass '

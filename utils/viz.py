@@ -11,6 +11,35 @@ from sklearn.metrics import precision_recall_curve
 
 from custom_datasets.common import read_rgb
 
+_JET = (plt.get_cmap('jet')(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # colour lookup table
+
+
+def heat_overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray = None,
+                 alpha: float = 0.45) -> Image.Image:
+    """``image`` blended with the map in jet colours on a fixed scale 0 .. ``vmax`` (the same for every
+    image, so colours compare across images), the defect mask's outline in white."""
+    heat = np.clip(np.asarray(anomaly_map, dtype=np.float32) / max(vmax, 1e-12), 0, 1)
+    heat = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    coloured = _JET[np.asarray(heat)]
+    blended = (1 - alpha) * np.asarray(image.convert('RGB'), dtype=np.float32) + alpha * coloured
+    out = blended.astype(np.uint8)
+    if mask is not None and mask.any():
+        edge = Image.fromarray((mask * 255).astype(np.uint8)).resize(image.size, Image.NEAREST)
+        edge = np.asarray(edge) > 0
+        border = edge & ~(np.roll(edge, 1, 0) & np.roll(edge, -1, 0) & np.roll(edge, 1, 1) & np.roll(edge, -1, 1))
+        out[border] = 255
+    return Image.fromarray(out)
+
+
+def annotate(image: Image.Image, text: str, alarm: bool) -> Image.Image:
+    """A caption bar above the image: red for a defective decision, dark grey otherwise."""
+    from PIL import ImageDraw
+    bar = 14
+    canvas = Image.new('RGB', (image.width, image.height + bar), (170, 20, 20) if alarm else (40, 40, 40))
+    canvas.paste(image, (0, bar))
+    ImageDraw.Draw(canvas).text((3, 1), text, fill=(255, 255, 255))
+    return canvas
+
 
 def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     """The pixel threshold maximising F1 over the whole test set (labels: mask != 0)."""

@@ -1,0 +1,55 @@
+"""The deployable model: image in [0, 1] -> calibrated anomaly map and image score, in one module.
+
+    x      = (image - mean) / std                                   (ImageNet or STC constants)
+    taps   = encoder(x)                                             (shallow to deep)
+    log p_l = fused decoder l (custom_models/fast_flow.py), B x h_l x w_l
+    S      = sum_l upsample_bilinear(exp(log p_l - m_l), align_corners=True)
+    A      = S_ref - S,   score = max over the image of A          (utils/calibration.py)
+
+Every image stands alone (no statistic of the batch), the batch axis is free, and there
+is no fiber loop, so the same module runs ``predict`` and exports to one ONNX graph. It
+computes in float32; ``utils.anomaly_map.calibrated_maps`` is the float64 reference.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from custom_models.fast_flow import FastFlowScorer
+from custom_models.flows import CONDITION_VEC
+
+
+class AnomalyModel(nn.Module):
+    def __init__(self, encoder: nn.Module, decoders: List[nn.Module], input_size: int,
+                 mean: Sequence[float], std: Sequence[float], calibration: dict):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.scorers = [FastFlowScorer(d.eval(), CONDITION_VEC) for d in decoders]
+        self.input_size = int(input_size)
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.log_p_max = [float(m) for m in calibration['log_p_max']]
+        self.sum_max = float(calibration['sum_max'])
+        self.calibration = calibration
+
+    def to(self, device):
+        super().to(device)
+        self.scorers = [scorer.to(device) for scorer in self.scorers]
+        return self
+
+    def log_probs(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """Per pool layer, B x h_l x w_l log p / C of images in [0, 1]."""
+        taps = self.encoder((images - self.mean) / self.std)
+        return [scorer.score_map(tap) for tap, scorer in zip(taps, self.scorers)]
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B x H x W anomaly maps, B image scores) of B x 3 x H x W images in [0, 1] at the input size."""
+        size = (self.input_size, self.input_size)
+        total = None
+        for log_p, shift in zip(self.log_probs(images), self.log_p_max):
+            prob = F.interpolate(torch.exp(log_p - shift).unsqueeze(1), size=size, mode='bilinear',
+                                 align_corners=True)[:, 0]
+            total = prob if total is None else total + prob
+        maps = self.sum_max - total
+        return maps, maps.amax(dim=(1, 2))

@@ -1,0 +1,298 @@
+"""``--action-type predict``: score new images with a calibrated model; no ground truth needed.
+
+    python main.py --action-type predict --checkpoint FILE --input PATH --output-dir DIR
+
+``--checkpoint``: a calibrated ``.pt`` (authors' format + calibration), a compact
+``.safetensors`` or an exported ``.onnx`` (run with onnxruntime). ``--input``: an image, a
+folder (recursively, any supported format) or a video (decoded frame by frame with PyAV).
+Writes under DIR, each file atomically:
+
+    overlays/<name>.png       the image with its anomaly map (fixed colour scale 0 .. 2 x threshold)
+    masks/<name>.png          the defect mask at the image's own size (0/255; empty when decided good)
+    predictions.csv / .json   source, frame, score, decision, defect area; thresholds and a summary
+    <video>_annotated.mp4     for a video: every frame with its overlay and decision
+
+Unreadable images are skipped with a warning and counted in the summary.
+"""
+import csv
+import io
+import json
+import os
+import time
+from typing import Iterator, List, Tuple
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive, read_rgb
+from utils.atomic import atomic_path, atomic_write, atomic_write_text
+from utils.calibration import decisions
+from utils.errors import CflowError
+from utils.progress import progress
+from utils.viz import annotate, heat_overlay
+
+VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v', '.wmv')
+DISPLAY_SIDE = 768  # overlays are drawn at most this large (masks keep the image's own size)
+
+
+# ----------------------------------------------------------------------------------
+# The model
+
+
+def open_model(c):
+    """(model, calibration): ``model(images in [0, 1], B x 3 x inp x inp) -> (maps, scores)`` as numpy."""
+    if c.checkpoint.endswith('.onnx'):
+        from utils.export_onnx import OnnxModel
+        model = OnnxModel(c.checkpoint)
+        if 'input_size' in c.given and c.input_size != model.input_size:
+            raise CflowError(f'{c.checkpoint} takes {model.input_size}x{model.input_size} images but -inp is '
+                             f'{c.input_size}: drop -inp (images are resized to the model\'s size), or export '
+                             f'again at -inp {c.input_size}')
+        c.input_size = model.input_size
+        return model, model.calibration
+    from calibrate import load_for_inference
+    from export import deployable, require_calibration
+    loaded = load_for_inference(c)
+    require_calibration(c, loaded)
+    module = deployable(c, loaded).to(c.device).eval()
+
+    def run(images: torch.Tensor):
+        with torch.inference_mode():
+            maps, scores = module(images.to(c.device, non_blocking=True))
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
+    return run, loaded.calibration
+
+
+# ----------------------------------------------------------------------------------
+# Inputs: (tensors, items) batches; an item is (source, frame or None, display image or error)
+
+
+class ImageFiles(Dataset):
+    """Model input, a display copy and the original size of each image; an error text instead of failing."""
+
+    def __init__(self, paths: List[str], input_size: int):
+        self.paths, self.input_size = paths, input_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            image = read_rgb(self.paths[i])
+        except CflowError as exc:
+            return torch.zeros(3, self.input_size, self.input_size), (self.paths[i], None, None, str(exc))
+        return to_model_input(image, self.input_size), (self.paths[i], None, display_copy(image), image.size)
+
+
+def to_model_input(image: Image.Image, input_size: int) -> torch.Tensor:
+    """The published test transform without normalisation (it is inside the model): resize both sides, [0, 1]."""
+    return TF.to_tensor(image.resize((input_size, input_size), Image.LANCZOS))
+
+
+def display_copy(image: Image.Image) -> Image.Image:
+    scale = DISPLAY_SIDE / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+
+
+def collate(batch):
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+def image_batches(c, paths: List[str]) -> Iterator[Tuple[torch.Tensor, list]]:
+    loader = DataLoader(ImageFiles(paths, c.input_size), batch_size=c.batch_size, num_workers=c.workers,
+                        collate_fn=collate, pin_memory=c.device.startswith('cuda'))
+    yield from loader
+
+
+def video_batches(c, path: str) -> Iterator[Tuple[torch.Tensor, list]]:
+    """Frames decoded one at a time with PyAV (never the whole video in memory), in batches."""
+    from custom_datasets.stc import _import_av
+    av = _import_av()
+    tensors, items = [], []
+    try:
+        with av.open(path) as container:
+            for index, frame in enumerate(container.decode(container.streams.video[0])):
+                image = frame.to_image()
+                tensors.append(to_model_input(image, c.input_size))
+                items.append((path, index, image, image.size))
+                if len(items) == c.batch_size:
+                    yield torch.stack(tensors), items
+                    tensors, items = [], []
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise CflowError(f'cannot decode video {path} ({exc}): check the file') from None
+    if items:
+        yield torch.stack(tensors), items
+
+
+def video_frame_count(path: str) -> int:
+    from custom_datasets.stc import _import_av
+    av = _import_av()
+    try:
+        with av.open(path) as container:
+            return container.streams.video[0].frames or 0
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise CflowError(f'cannot decode video {path} ({exc}): check the file') from None
+
+
+def resolve_input(path: str):
+    """('images', paths) or ('video', path), or a one-line error."""
+    if os.path.isdir(path):
+        paths = list_images_recursive(path)
+        if not paths:
+            raise CflowError(f'--input {path} holds no images ({"/".join(IMAGE_EXTENSIONS)})')
+        return 'images', paths
+    if not os.path.exists(path):
+        raise CflowError(f'--input {path} does not exist: pass an image, a folder of images or a video')
+    if path.lower().endswith(VIDEO_EXTENSIONS):
+        return 'video', path
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        return 'images', [path]
+    raise CflowError(f'--input {path} is neither an image ({"/".join(IMAGE_EXTENSIONS)}) nor a video '
+                     f'({"/".join(VIDEO_EXTENSIONS)}) nor a folder')
+
+
+# ----------------------------------------------------------------------------------
+# Outputs
+
+
+def output_name(source: str, frame, root: str) -> str:
+    """A flat, portable file name for an image (its path below the input folder) or a video frame."""
+    relative = os.path.relpath(source, root) if os.path.isdir(root) else os.path.basename(source)
+    stem = os.path.splitext(relative)[0].replace(os.sep, '__').replace(':', '-')
+    return f'{stem}_{frame:06d}.png' if frame is not None else f'{stem}.png'
+
+
+def save_png(path: str, image: Image.Image) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format='PNG'))
+
+
+def full_size_mask(anomaly_map: np.ndarray, size: Tuple[int, int], threshold: float, defective: bool) -> np.ndarray:
+    """The defect mask at the image's own size: the map resized bilinearly, then A > t_P."""
+    if not defective:
+        return np.zeros((size[1], size[0]), dtype=bool)
+    resized = Image.fromarray(anomaly_map.astype(np.float32), mode='F').resize(size, Image.BILINEAR)
+    return np.asarray(resized) > threshold
+
+
+class VideoWriter:
+    """The annotated video, written to a temporary file and moved into place when complete."""
+
+    def __init__(self, path: str, fps: float = 10):
+        from custom_datasets.stc import _import_av
+        self.av = _import_av()
+        self.path, self.fps = path, fps
+        self._context = atomic_path(path)
+        self.tmp = self._context.__enter__()
+        self.container = self.av.open(self.tmp, mode='w', format='mp4')
+        self.stream = None
+
+    def write(self, image: Image.Image) -> None:
+        if self.stream is None:
+            self.stream = self.container.add_stream('mpeg4', rate=int(round(self.fps)))
+            self.stream.width, self.stream.height = image.width - image.width % 2, image.height - image.height % 2
+            self.stream.pix_fmt = 'yuv420p'
+        frame = self.av.VideoFrame.from_image(image.crop((0, 0, self.stream.width, self.stream.height)))
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self, ok: bool) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+        if ok:
+            self._context.__exit__(None, None, None)
+        else:
+            self._context.__exit__(RuntimeError, RuntimeError('aborted'), None)
+
+
+def writable_output_dir(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, '.write-test')
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as exc:
+        raise CflowError(f'cannot write into --output-dir {folder} ({exc.strerror}): pass a writable folder') from None
+
+
+# ----------------------------------------------------------------------------------
+
+
+def run_predict(c) -> dict:
+    kind, source = resolve_input(c.input)
+    writable_output_dir(c.output_dir)
+    model, calibration = open_model(c)
+    t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
+    overlay_dir, mask_dir = os.path.join(c.output_dir, 'overlays'), os.path.join(c.output_dir, 'masks')
+    if kind == 'images':
+        batches, total = image_batches(c, source), len(source)
+    else:
+        batches, total = video_batches(c, source), video_frame_count(source)
+    fps = 10.0
+    if kind == 'video':
+        import av
+        with av.open(source) as container:
+            fps = float(container.streams.video[0].average_rate or 10)
+    video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}_annotated.mp4'),
+                        fps) if kind == 'video' else None
+    rows, skipped = [], []
+    start = time.time()
+    ok = False
+    try:
+        for images, items in progress(batches, total=-(-total // c.batch_size) if total else None, desc='predict'):
+            keep = [i for i, item in enumerate(items) if item[2] is not None]
+            for item in items:
+                if item[2] is None:
+                    print(f'Warning: skipped {item[0]}: {item[3]}')
+                    skipped.append({'source': item[0], 'error': item[3]})
+            if not keep:
+                continue
+            maps, scores = model(images[keep])
+            defective = decisions(scores, calibration)
+            for j, i in enumerate(keep):
+                src, frame, display, size = items[i]
+                name = output_name(src, frame, c.input)
+                mask = full_size_mask(maps[j], size, t_pixel, bool(defective[j]))
+                overlay = annotate(heat_overlay(display, maps[j], vmax=2 * t_image, mask=mask),
+                                   f'score {scores[j]:.3g} / threshold {t_image:.3g}: '
+                                   f'{"DEFECTIVE" if defective[j] else "good"}', bool(defective[j]))
+                save_png(os.path.join(overlay_dir, name), overlay)
+                save_png(os.path.join(mask_dir, name), Image.fromarray((mask * 255).astype(np.uint8)))
+                if video is not None:
+                    video.write(overlay)
+                rows.append({'source': src, 'frame': '' if frame is None else frame, 'score': float(scores[j]),
+                             'decision': 'defective' if defective[j] else 'good', 'defect_pixels': int(mask.sum()),
+                             'defect_fraction': float(mask.mean()), 'overlay': os.path.join('overlays', name),
+                             'mask': os.path.join('masks', name)})
+        ok = True
+    finally:
+        if video is not None:
+            video.close(ok)
+    seconds = time.time() - start
+    summary = {'scored': len(rows), 'defective': sum(r['decision'] == 'defective' for r in rows),
+               'skipped': len(skipped), 'seconds': seconds, 'images_per_second': len(rows) / max(seconds, 1e-9)}
+    write_predictions(c, rows, skipped, summary, calibration, video.path if video else None)
+    print(f'Predicted {summary["scored"]} {"frames" if kind == "video" else "images"}: {summary["defective"]} '
+          f'defective, {summary["skipped"]} skipped (unreadable), {summary["images_per_second"]:.1f} img/s; '
+          f'results in {os.path.join(c.output_dir, "predictions.csv")}')
+    return {'rows': rows, 'skipped': skipped, 'summary': summary}
+
+
+def write_predictions(c, rows, skipped, summary, calibration, video_path) -> None:
+    fields = ['source', 'frame', 'score', 'decision', 'defect_pixels', 'defect_fraction', 'overlay', 'mask']
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(os.path.join(c.output_dir, 'predictions.csv'), buffer.getvalue())
+    report = {'checkpoint': c.checkpoint, 'input': c.input, 'settings': calibration['settings'],
+              'image_threshold': calibration['image_threshold'], 'pixel_threshold': calibration['pixel_threshold'],
+              'calibration_source': calibration['source'], 'summary': summary, 'skipped': skipped,
+              'annotated_video': video_path, 'predictions': rows}
+    atomic_write_text(os.path.join(c.output_dir, 'predictions.json'), json.dumps(report, indent=1))

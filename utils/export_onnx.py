@@ -1,0 +1,67 @@
+"""ONNX export of the whole calibrated pipeline, and running the file with onnxruntime.
+
+One graph: normalisation, encoder taps, every decoder (fused, no fiber loop), map assembly
+(``custom_models/anomaly_model.py``). Input ``image``: B x 3 x inp x inp RGB in [0, 1], the
+batch axis dynamic. Outputs ``anomaly_map`` (B x inp x inp) and ``score`` (B). The settings
+and the calibration (thresholds included) travel in the file's metadata, so ``predict``
+needs nothing else.
+"""
+import json
+import warnings
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from utils.atomic import atomic_write
+from utils.errors import CflowError
+
+INPUT, OUTPUTS = 'image', ('anomaly_map', 'score')
+
+
+def export_onnx(model, path: str) -> None:
+    """Trace ``model`` (an AnomalyModel on the CPU) to ``path`` with a dynamic batch axis."""
+    import onnx
+    example = torch.rand(2, 3, model.input_size, model.input_size)
+    batch = torch.export.Dim('batch', min=1, max=4096)
+
+    def write(tmp):
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter('ignore')
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
+                                        dynamic_shapes=({0: batch},), verbose=False)
+        proto = program.model_proto
+        for key, value in (('cflow_settings', json.dumps(model.calibration['settings'])),
+                           ('cflow_calibration', json.dumps(model.calibration))):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save_model(proto, tmp)
+    atomic_write(path, write)
+
+
+class OnnxModel:
+    """``predict``'s model when ``--checkpoint`` is an .onnx file: same inputs and outputs as AnomalyModel."""
+
+    def __init__(self, path: str, threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CflowError('running an .onnx model needs onnxruntime: pip install onnxruntime') from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        except Exception as exc:  # onnxruntime raises its own types for a missing or broken file
+            raise CflowError(f'cannot load ONNX model {path} ({str(exc).splitlines()[0]})') from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if 'cflow_calibration' not in meta:
+            raise CflowError(f'{path} is not an ONNX export of this project (no calibration in its metadata): '
+                             f'export it with --action-type export')
+        self.calibration = json.loads(meta['cflow_calibration'])
+        self.settings = json.loads(meta['cflow_settings'])
+        self.input_size = int(self.settings['input_size'])
+
+    def __call__(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.session.run(list(OUTPUTS), {INPUT: images.numpy().astype(np.float32, copy=False)})
+        return maps, scores

@@ -1,0 +1,178 @@
+"""Model files for deployment: reading any of ours, and the compact safetensors format.
+
+Three kinds of file hold a model:
+
+* the authors' checkpoint (``.pt``): ``encoder_state_dict`` + ``decoder_state_dict``, and,
+  once calibrated, an extra ``calibration`` key (settings, constants, thresholds) that the
+  authors' loader never reads;
+* the compact file (``.safetensors``): decoder tensors without FrEIA's redundant
+  ``w_perm_inv`` (it is exactly ``w_perm`` transposed), the encoder only where it is not the
+  stock ImageNet network (else recorded by name and checked by SHA-256 when loaded), and a
+  small JSON of settings and calibration in the file's metadata;
+* the ONNX export (``.onnx``, ``utils/export_onnx.py``), which ``predict`` runs with onnxruntime.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from custom_models.encoders import (FeatureEncoder, build_encoder, guess_encoder_arch, imagenet_cache_path,
+                                    imagenet_weights_cached, load_encoder_state, normalise_encoder_state)
+from custom_models.flows import build_decoders
+from utils.atomic import atomic_write
+from utils.calibration import CALIBRATION_KEY
+from utils.checkpoint import check_decoder_states, describe_decoder_state, read_checkpoint
+from utils.errors import CflowError
+
+COMPACT_FORMAT = 'cflow-ad-compact/1'
+REDUNDANT_SUFFIX = '.w_perm_inv'
+SETTING_KEYS = ('enc_arch', 'dec_arch', 'pool_layers', 'coupling_blocks', 'input_size', 'norm_mean', 'norm_std')
+
+
+@dataclass
+class LoadedModel:
+    encoder: FeatureEncoder
+    decoders: List[torch.nn.Module]
+    settings: dict                  # SETTING_KEYS
+    calibration: Optional[dict]     # utils/calibration.py's record, or None
+
+
+def model_settings(c) -> dict:
+    return {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
+
+
+def encoder_checksum(state: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tapped network's tensors (names and bytes, sorted by name; a ResNet's fc excluded)."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if not k.startswith('fc.')):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stock_imagenet_checksum(arch: str) -> Optional[str]:
+    """Checksum of the ImageNet encoder in the torch hub cache, or None where it is not there."""
+    if not imagenet_weights_cached(arch):
+        return None
+    state = torch.load(imagenet_cache_path(arch), map_location='cpu', weights_only=True)
+    return encoder_checksum(normalise_encoder_state(arch, _tapped_part(arch, state)))
+
+
+def _tapped_part(arch: str, state: dict) -> dict:
+    from custom_models.encoders import MOBILENETS
+    if arch in MOBILENETS:
+        return normalise_encoder_state(arch, state)
+    return {k: v for k, v in state.items() if not k.startswith('fc.')}
+
+
+# ----------------------------------------------------------------------------------
+# Reading
+
+
+def read_model(path: str, settings: dict) -> LoadedModel:
+    """Load a .pt or .safetensors model on the CPU.
+
+    ``settings``: the caller's (flags') settings, used where the file does not state them
+    (an uncalibrated authors' checkpoint holds no input size or normalisation).
+    """
+    if path.endswith('.safetensors'):
+        return read_compact(path)
+    state = read_checkpoint(path)
+    calibration = state.get(CALIBRATION_KEY)
+    found = dict(settings)
+    if calibration is not None:
+        found.update(calibration['settings'])
+    else:  # what the tensors tell: encoder, pool layers, blocks, decoder kind
+        arch = guess_encoder_arch(state['encoder_state_dict'])
+        desc = describe_decoder_state(state['decoder_state_dict'][0]) if state['decoder_state_dict'] else {}
+        if arch is None or not desc.get('channels'):
+            raise CflowError(f'checkpoint {path}: cannot tell its encoder or decoders from the weights')
+        found.update(enc_arch=arch, pool_layers=len(state['decoder_state_dict']), coupling_blocks=desc['blocks'],
+                     dec_arch='freia-cflow' if desc['conditional'] else 'freia-flow')
+    encoder = build_encoder(found['enc_arch'], found['pool_layers'], 'none')
+    load_encoder_state(encoder, state['encoder_state_dict'], f'checkpoint {path}')
+    decoders = build_decoders(found['dec_arch'], encoder.pool_dims, found['coupling_blocks'])
+    check_decoder_states(state['decoder_state_dict'], decoders, f'checkpoint {path}')
+    for decoder, decoder_state in zip(decoders, state['decoder_state_dict']):
+        decoder.load_state_dict(decoder_state, strict=True)
+    return LoadedModel(encoder, decoders, found, calibration)
+
+
+def compact_settings(path: str) -> dict:
+    """The settings in a compact file's header (the tensors are not read)."""
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise CflowError(f'model file {path} does not exist: check the path')
+    try:
+        with safe_open(path, framework='pt') as f:
+            return json.loads((f.metadata() or {})['settings'])
+    except Exception as exc:  # a broken header, or not our file
+        raise CflowError(f'{path} is not a CFLOW-AD compact model file ({type(exc).__name__}: {exc})') from None
+
+
+def read_compact(path: str) -> LoadedModel:
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise CflowError(f'model file {path} does not exist: check the path')
+    try:
+        with safe_open(path, framework='pt') as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for a broken header
+        raise CflowError(f'{path} is not a readable safetensors file ({exc})') from None
+    if meta.get('format') != COMPACT_FORMAT:
+        raise CflowError(f'{path} is not a CFLOW-AD compact model file (format {meta.get("format")!r})')
+    settings = json.loads(meta['settings'])
+    calibration = json.loads(meta['calibration']) if 'calibration' in meta else None
+    encoder_info = json.loads(meta['encoder'])
+    arch = settings['enc_arch']
+    if encoder_info['stored']:
+        encoder = build_encoder(arch, settings['pool_layers'], 'none')
+        load_encoder_state(encoder, {k[len('encoder.'):]: v for k, v in tensors.items() if k.startswith('encoder.')},
+                           f'model file {path}')
+    else:  # the stock ImageNet network: downloaded or from the hub cache, then checked
+        encoder = build_encoder(arch, settings['pool_layers'], 'imagenet')
+        found = encoder_checksum(encoder.net.state_dict())
+        if found != encoder_info['sha256']:
+            raise CflowError(f'the ImageNet weights of {arch} on this machine (SHA-256 {found[:12]}...) are not the '
+                             f'ones {path} was made with ({encoder_info["sha256"][:12]}...): put the right '
+                             f'{os.path.basename(imagenet_cache_path(arch))} into the torch hub cache')
+    decoders = build_decoders(settings['dec_arch'], encoder.pool_dims, settings['coupling_blocks'])
+    for l, decoder in enumerate(decoders):
+        prefix = f'decoder.{l}.'
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        for key in [k for k in decoder.state_dict() if k.endswith(REDUNDANT_SUFFIX)]:
+            w_perm = state[key[:-len(REDUNDANT_SUFFIX)] + '.w_perm']
+            state[key] = w_perm.t().contiguous()  # FrEIA's w_perm_inv is exactly w_perm^T
+        decoder.load_state_dict(state, strict=True)
+    return LoadedModel(encoder, decoders, settings, calibration)
+
+
+# ----------------------------------------------------------------------------------
+# Writing
+
+
+def save_compact(path: str, model: LoadedModel) -> dict:
+    """Write the compact file (atomically); returns what it stored."""
+    from safetensors.torch import save_file
+    tensors = {}
+    for l, decoder in enumerate(model.decoders):
+        for key, value in decoder.state_dict().items():
+            if not key.endswith(REDUNDANT_SUFFIX):
+                tensors[f'decoder.{l}.{key}'] = value.detach().cpu().contiguous()
+    encoder_state = {k: v for k, v in model.encoder.net.state_dict().items() if not k.startswith('fc.')}
+    checksum = encoder_checksum(encoder_state)
+    stock = stock_imagenet_checksum(model.settings['enc_arch'])
+    stored = checksum != stock
+    if stored:
+        tensors.update({f'encoder.{k}': v.detach().cpu().contiguous() for k, v in encoder_state.items()})
+    meta = {'format': COMPACT_FORMAT, 'settings': json.dumps(model.settings),
+            'encoder': json.dumps({'stored': stored, 'arch': model.settings['enc_arch'],
+                                   'weights': 'stored' if stored else 'torchvision IMAGENET1K_V1', 'sha256': checksum})}
+    if model.calibration is not None:
+        meta['calibration'] = json.dumps(model.calibration)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return {'encoder_stored': stored, 'tensors': len(tensors)}
