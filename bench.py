@@ -3,6 +3,11 @@
     python bench.py                                   # WRN50, 256x256, batch 32, GPU if there is one
     python bench.py -enc resnet18 -bs 8 --device cpu  # a CPU-sized run
 
+Every timed section warms each path up, then runs all its paths once per round, in an
+order rotated every round (so no path always runs first, or right after a given other),
+over ``--rounds`` rounds. It reports per path the median speed and its spread (min - max
+over rounds), and the median (min - max) of the per-round paired ratio to the baseline.
+
 Measures, each as a ratio to its baseline measured in the same run:
 
 * the test pipeline (encoder + every decoder + anomaly-map assembly) in images/s:
@@ -16,7 +21,10 @@ Measures, each as a ratio to its baseline measured in the same run:
 * the data loader from image files (decode + resize + normalise), by worker count;
 * peak GPU memory per path (CUDA), and the checkpoint size;
 * with ``--checkpoint`` (trained by the README's demo command): each fast mode's effect
-  on the demo's detection/localization AUROC and AUPRO.
+  on the demo's detection/localization AUROC and AUPRO;
+* predict (``--action-type predict``) on a folder of image files: the deployable model in
+  PyTorch and under onnxruntime against the encoder alone, at ``--predict-batch``, and the
+  whole predict command (loading with worker processes, scoring, writing maps and masks).
 
 Weights are random (seeded): speed does not depend on them, and no download is needed.
 """
@@ -47,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument('-bs', '--batch-size', default=32, type=int)
     p.add_argument('-cb', '--coupling-blocks', default=8, type=int)
     p.add_argument('-pl', '--pool-layers', default=3, type=int)
-    p.add_argument('--batches', default=3, type=int, help='timed batches per path (after one warm-up batch)')
+    p.add_argument('--batches', default=3, type=int, help='batches per path and round')
+    p.add_argument('--rounds', default=5, type=int, help='timed rounds (paths interleaved, order rotated)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--compile', action='store_true', help='also time torch.compile of the fused scorer')
     p.add_argument('--pro-maps', default=500, type=int, help='AUPRO: number of maps')
@@ -60,7 +69,10 @@ def parse_args(argv=None):
     p.add_argument('--checkpoint', default='',
                    help='a checkpoint trained on the demo class (README demo command, same -enc/-inp/-cb/-pl): '
                         'also report each fast mode\'s effect on the demo metrics')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader')
+    p.add_argument('--predict-images', default=48, type=int, help='predict: image files in the folder')
+    p.add_argument('--predict-image-size', default=512, type=int, help='predict: side of the PNG files')
+    p.add_argument('--predict-batch', default=1, type=int, help='predict: images per model call')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader,predict')
     return p.parse_args(argv)
 
 
@@ -83,6 +95,36 @@ class Timer:
     def __exit__(self, *exc):
         synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
+
+
+def interleaved(paths: dict, rounds: int, device: str) -> dict:
+    """Seconds per round of each path: one warm-up call each, then ``rounds`` rounds with the
+    order rotated by one every round."""
+    names = list(paths)
+    for name in names:
+        paths[name]()  # warm-up: allocations, autotuning, compilation, caches
+    seconds = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            with Timer(device) as t:
+                paths[name]()
+            seconds[name].append(t.seconds)
+    return seconds
+
+
+def speed_rows(seconds: dict, items: int, baseline: str, notes: dict = None) -> list:
+    """(name, median img/s [min - max], median paired ratio to the baseline [min - max], notes)."""
+    rows = []
+    for name, times in seconds.items():
+        speeds = [items / t for t in times]
+        speed = f'{np.median(speeds):.1f} img/s [{min(speeds):.1f}-{max(speeds):.1f}]'
+        if baseline is None or name == baseline:
+            ratio = 'baseline' if name == baseline else ''
+        else:
+            ratios = [b / t for b, t in zip(seconds[baseline], times)]
+            ratio = f'{np.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]'
+        rows.append((name, speed, ratio, (notes or {}).get(name, '')))
+    return rows
 
 
 def build_model(a):
@@ -127,10 +169,8 @@ def pipeline_paths(a, encoder, decoders):
     return paths
 
 
-def run_path(a, encoder, fn, inputs, autocast_dtype, tf32):
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-
+def path_runner(a, encoder, fn, inputs, autocast_dtype, tf32):
+    """A function that runs the whole pipeline over ``inputs`` and returns (log p, maps) per batch."""
     def one(x):
         with torch.autocast(a.device.split(':')[0], dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
@@ -138,43 +178,46 @@ def run_path(a, encoder, fn, inputs, autocast_dtype, tf32):
         log_probs = fn([t.float() for t in taps])
         return log_probs, anomaly_maps(log_probs, (a.input_size, a.input_size))
 
-    with torch.inference_mode():
-        one(inputs[0])  # warm-up: allocations, autotuning, compilation
-        if a.device.startswith('cuda'):
-            torch.cuda.reset_peak_memory_stats()
-        with Timer(a.device) as t:
-            results = [one(x) for x in inputs[1:]]
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if a.device.startswith('cuda') else None
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    return (len(inputs) - 1) * a.batch_size / t.seconds, results, peak
+    def run():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        with torch.inference_mode():
+            results = [one(x) for x in inputs]
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        return results
+    return run
 
 
 def bench_pipeline(a, rows):
     encoder, decoders = build_model(a)
     generator = torch.Generator().manual_seed(1)
     inputs = [torch.randn(a.batch_size, 3, a.input_size, a.input_size, generator=generator).to(a.device)
-              for _ in range(a.batches + 1)]  # rotate inputs: no timing of a cached batch
+              for _ in range(a.batches)]
     if a.device.startswith('cuda'):
         inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
-    with torch.inference_mode():
-        encoder(inputs[0])
-        with Timer(a.device) as t:
-            for x in inputs[1:]:
+
+    def encoder_only():
+        with torch.inference_mode():
+            for x in inputs:
                 encoder(x)
-    rows.append(('encoder only', f'{a.batches * a.batch_size / t.seconds:.1f} img/s', '', ''))
-    baseline_speed, baseline = None, None
-    for name, (fn, dtype, tf32) in pipeline_paths(a, encoder, decoders).items():
-        speed, results, peak = run_path(a, encoder, fn, inputs, dtype, tf32)
+    runners = {name: path_runner(a, encoder, fn, inputs, dtype, tf32)
+               for name, (fn, dtype, tf32) in pipeline_paths(a, encoder, decoders).items()}
+    baseline_name = next(iter(runners))
+    # accuracy and memory: one pass of each path, outside the timing
+    notes, baseline = {}, None
+    for name, runner in runners.items():
+        if a.device.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats()
+        results = runner()
+        memory = f', peak {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MB' if a.device.startswith('cuda') else ''
         if baseline is None:
-            baseline_speed, baseline = speed, results
-            deviation = 'baseline'
-        else:
-            log_p = max(((lp - ref).abs().max() / ref.abs().max()).item()
-                        for (lps, _), (refs, _) in zip(results, baseline) for lp, ref in zip(lps, refs))
-            maps = max(np.abs(m - ref).max() / np.abs(ref).max() for (_, m), (_, ref) in zip(results, baseline))
-            deviation = f'max rel. diff: log p {log_p:.1e}, map {maps:.1e}'
-        memory = f', peak {peak:.0f} MB' if peak is not None else ''
-        rows.append((name, f'{speed:.1f} img/s', f'{speed / baseline_speed:.2f}x', deviation + memory))
+            baseline, notes[name] = results, 'baseline' + memory
+            continue
+        log_p = max(((lp - ref).abs().max() / ref.abs().max()).item()
+                    for (lps, _), (refs, _) in zip(results, baseline) for lp, ref in zip(lps, refs))
+        maps = max(np.abs(m - ref).max() / np.abs(ref).max() for (_, m), (_, ref) in zip(results, baseline))
+        notes[name] = f'max rel. diff: log p {log_p:.1e}, map {maps:.1e}' + memory
+    seconds = interleaved({'encoder only': encoder_only, **runners}, a.rounds, a.device)
+    rows += speed_rows(seconds, a.batches * a.batch_size, baseline_name, notes)
     # Random weights can drive deep layers' log p to 1e10 and more, where float32 round-off
     # of any path (FrEIA's too) shows in 'log p'; the maps, which are normalised, do not.
     magnitude = max(lp.abs().max().item() for lps, _ in baseline for lp in lps)
@@ -234,6 +277,80 @@ def bench_loader(a, rows):
                          f'{len(dataset) / t.seconds:.1f} img/s', '', ''))
 
 
+def bench_predict(a, rows):
+    """Predict on a folder of image files: model-only paths interleaved, then the whole command."""
+    import contextlib
+    import io
+    from config import parse_config
+    from custom_models.anomaly_model import AnomalyModel
+    from predict import ImageFiles, collate, run_predict
+    from utils.calibration import calibrate_from_log_probs
+    from utils.export_onnx import OnnxModel, export_onnx
+    from utils.model_file import LoadedModel
+    from calibrate import write_model
+    encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    with tempfile.TemporaryDirectory() as root:
+        make_demo_class(root, 'predict', image_size=a.predict_image_size, n_train=a.predict_images,
+                        n_test_good=1, n_test_defect=1)
+        folder = os.path.join(root, 'predict', 'train', 'good')
+        images = torch.rand(8, 3, a.input_size, a.input_size, generator=torch.Generator().manual_seed(2))
+        settings = {'enc_arch': a.enc_arch, 'dec_arch': 'freia-cflow', 'pool_layers': a.pool_layers,
+                    'coupling_blocks': a.coupling_blocks, 'input_size': a.input_size, 'norm_mean': list(mean),
+                    'norm_std': list(std)}
+        model = AnomalyModel(encoder, decoders, a.input_size, mean, std, {'log_p_max': [0.0] * len(decoders),
+                                                                          'sum_max': 0.0}).eval()
+        with torch.inference_mode():
+            calibration = calibrate_from_log_probs(model.log_probs(images), (a.input_size,) * 2, 'bench', settings)
+        model = AnomalyModel(encoder, decoders, a.input_size, mean, std, calibration).eval()
+        checkpoint, onnx_path = os.path.join(root, 'model.pt'), os.path.join(root, 'model.onnx')
+        write_model(checkpoint, LoadedModel(encoder, decoders, settings, calibration))
+        export_onnx(model, onnx_path)
+        onnx_model = OnnxModel(onnx_path, spinning=False)  # its idle threads must not eat the others' cores
+        batches = [torch.rand(a.predict_batch, 3, a.input_size, a.input_size) for _ in range(max(8 // a.predict_batch, 2))]
+
+        def over_batches(fn):
+            def run():
+                with torch.inference_mode():
+                    for x in batches:
+                        fn(x)
+            return run
+        paths = {'encoder only (limit)': over_batches(lambda x: encoder((x - model.mean) / model.std)),
+                 'predict model, PyTorch': over_batches(model),
+                 'predict model, onnxruntime': over_batches(onnx_model)}
+        seconds = interleaved(paths, a.rounds, 'cpu')
+        n = len(batches) * a.predict_batch
+        with torch.inference_mode():
+            reference = model(batches[0])[0].numpy()
+        deviation = np.abs(onnx_model(batches[0])[0] - reference).max() / np.abs(reference).max()
+        rows += [(f'{name} (batch {a.predict_batch})', speed, ratio, notes) for name, speed, ratio, notes in
+                 speed_rows(seconds, n, 'encoder only (limit)',
+                            {'predict model, onnxruntime': f'max rel. diff vs PyTorch {deviation:.1e}'})]
+        # the whole command: decode + resize in worker processes, score, write overlays, masks and tables
+        workers = min(2, os.cpu_count() or 1)
+        commands = {}
+        for name, path in (('predict command, PyTorch', checkpoint), ('predict command, onnxruntime', onnx_path)):
+            argv = ['--action-type', 'predict', '--checkpoint', path, '--input', folder, '--no-cuda',
+                    '--workers', str(workers), '-bs', str(a.predict_batch), '--output-dir', os.path.join(root, 'out')]
+
+            def command(argv=argv):
+                with contextlib.redirect_stdout(io.StringIO()):
+                    run_predict(parse_config(argv))
+            commands[name] = command
+        loader = torch.utils.data.DataLoader(ImageFiles(list_images(folder), a.input_size),
+                                             batch_size=a.predict_batch, num_workers=workers,
+                                             collate_fn=collate)
+
+        def load_only():
+            for _ in loader:
+                pass
+        commands[f'loading only ({workers} workers)'] = load_only
+        seconds = interleaved(commands, max(2, a.rounds // 2), 'cpu')
+        rows += speed_rows(seconds, a.predict_images, None,
+                           {k: f'{a.predict_images} PNG files {a.predict_image_size}px, batch {a.predict_batch}'
+                            for k in commands})
+
+
 def bench_modes(a, rows):
     """Metrics of each scoring mode with a trained demo checkpoint, as differences to fp32."""
     import contextlib
@@ -270,7 +387,8 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name(a.device) if a.device.startswith('cuda') else \
         f'CPU, {torch.get_num_threads()} threads'
     print(f'device: {device_name}; torch {torch.__version__}; -enc {a.enc_arch} -inp {a.input_size} '
-          f'-bs {a.batch_size} -cb {a.coupling_blocks} -pl {a.pool_layers}, {a.batches} timed batches per path')
+          f'-bs {a.batch_size} -cb {a.coupling_blocks} -pl {a.pool_layers}; {a.batches} batches per path and round, '
+          f'{a.rounds} rounds, paths interleaved in rotated order; speeds: median [min-max] over rounds')
     rows = []
     if 'pipeline' not in skip:
         bench_pipeline(a, rows)
@@ -278,6 +396,8 @@ def main(argv=None):
         bench_aupro(a, rows)
     if 'loader' not in skip:
         bench_loader(a, rows)
+    if 'predict' not in skip:
+        bench_predict(a, rows)
     if a.checkpoint:
         bench_modes(a, rows)
     width = max(len(r[0]) for r in rows)

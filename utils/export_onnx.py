@@ -21,7 +21,9 @@ INPUT, OUTPUTS = 'image', ('anomaly_map', 'score')
 
 def export_onnx(model, path: str) -> None:
     """Trace ``model`` (an AnomalyModel on the CPU) to ``path`` with a dynamic batch axis."""
+    import copy
     import onnx
+    model = copy.deepcopy(model)  # tracing leaves state on the module it traced: keep the caller's clean
     example = torch.rand(2, 3, model.input_size, model.input_size)
     batch = torch.export.Dim('batch', min=1, max=4096)
 
@@ -42,7 +44,7 @@ def export_onnx(model, path: str) -> None:
 class OnnxModel:
     """``predict``'s model when ``--checkpoint`` is an .onnx file: same inputs and outputs as AnomalyModel."""
 
-    def __init__(self, path: str, threads: int = 0):
+    def __init__(self, path: str, threads: int = 0, spinning: bool = True):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -50,6 +52,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:  # idle worker threads sleep: needed when other work shares the cores (benchmarks)
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         try:
             self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         except Exception as exc:  # onnxruntime raises its own types for a missing or broken file
