@@ -5,13 +5,11 @@ import os
 import sys
 from typing import Optional
 
-import torch
 from PIL import Image
 
-from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
-from custom_datasets.stc import STC_MEAN, STC_STD
-from custom_models.encoders import ENCODER_ARCHS, input_size_fits, smallest_input_size
-from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC, DECODER_ARCHS
+# Import-light on purpose (``--help`` must not wait for torch): the heavy modules are
+# imported inside the functions that need them.
+from custom_models import DECODER_ARCHS, ENCODER_ARCHS
 from utils.errors import CflowError
 
 DATASETS = ('mvtec', 'stc', 'folder', 'demo')
@@ -123,6 +121,7 @@ def model_name(dataset: str, enc: str, dec: str, pool_layers: int, coupling_bloc
 
 def select_device(c) -> str:
     """The torch device to use, with a one-line notice where it is not the asked-for one."""
+    import torch
     if c.no_cuda:
         return 'cpu'
     if not torch.cuda.is_available():
@@ -193,6 +192,10 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
 
     ``given``: the flags the user passed (for the demo's defaults); None = all of them.
     """
+    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    from custom_datasets.stc import STC_MEAN, STC_STD
+    from custom_models.encoders import input_size_fits, smallest_input_size
+    from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
     given = set(vars(c)) if given is None else given
     c.given = sorted(given)  # the flags the user passed: a model file's own settings win over defaults only
     if c.dataset not in DATASETS:

@@ -17,7 +17,6 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from custom_datasets import build_datasets
 from custom_datasets.common import require_defect_pixels
@@ -32,6 +31,7 @@ from utils.checkpoint import load_checkpoint_decoders, load_checkpoint_encoder, 
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
 from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
+from utils.progress import progress
 from utils.schedule import cosine_lr, set_lr, warmup_lr
 
 
@@ -96,7 +96,7 @@ def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optim
     for sub_epoch in range(c.sub_epochs):
         loss_sum = torch.zeros((), device=c.device, dtype=torch.float64)
         loss_count = 0
-        bar = tqdm(loader, desc=f'epoch {epoch}.{sub_epoch}', leave=False, disable=None)
+        bar = progress(loader, total=n_batches, desc=f'train epoch {epoch}.{sub_epoch}')
         for i, (image, _, _) in enumerate(bar):
             warm = warmup_lr(c.lr, c.meta_epochs, epoch, i + sub_epoch * n_batches, n_batches * c.sub_epochs)
             if warm is not None:
@@ -177,7 +177,7 @@ def score_test_set(c, loader: DataLoader, encoder, decoders) -> TestScores:
     start = time.time()
     with torch.inference_mode():
         scorers = make_scorers(c, decoders)
-        for image, label, mask in tqdm(loader, desc='test', leave=False, disable=None):
+        for image, label, mask in progress(loader, total=len(loader), desc='test'):
             labels.append(label.numpy())
             masks.append(mask[:, 0].numpy() != 0)
             for l, log_prob in enumerate(score_batch(c, encoder, scorers, image)):
@@ -321,7 +321,8 @@ def run(c) -> dict:
     print_summary(c, observers, history)
     if c.viz:
         from utils.viz import save_visualizations
-        files['viz'] = save_visualizations(c, test_set, maps, image_score, scores.labels, scores.masks)
+        files['viz'] = save_visualizations(c, test_set, maps, image_score, scores.labels, scores.masks,
+                                          epoch=history[-1]['epoch'])
         print(f'Visualizations in {files["viz"]}')
     print(f'Results in {files["text"]} and {files["json"]}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,

@@ -20,11 +20,9 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
+from custom_models import ENCODER_ARCHS, MOBILENETS, RESNETS  # noqa: F401 (re-exported)
 from utils.errors import CflowError
 
-RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnext50_32x4d', 'wide_resnet50_2')
-MOBILENETS = ('mobilenet_v3_large', 'mobilenet_v3_small')
-ENCODER_ARCHS = RESNETS + MOBILENETS
 
 # Feature-block indices of the three MobileNetV3 taps, shallow to deep.
 MOBILENET_TAPS = {'mobilenet_v3_large': (-11, -5, -2), 'mobilenet_v3_small': (-10, -5, -2)}

@@ -12,9 +12,9 @@ import torch.nn as nn
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 
+from custom_models import DECODER_ARCHS  # noqa: F401 (re-exported)
 from utils.errors import CflowError
 
-DECODER_ARCHS = ('freia-cflow', 'freia-flow')
 CONDITION_VEC = 128  # channels of the positional encoding (P)
 CLAMP_ALPHA = 1.9
 GAUSS_CONST = -0.9189385332046727  # ln(1 / sqrt(2*pi))

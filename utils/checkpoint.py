@@ -45,6 +45,18 @@ def _decoder_text(desc: dict) -> str:
     return f"{desc['channels']} channels, {desc['blocks']} coupling blocks, {kind}"
 
 
+def _fix(found: dict, expected: dict) -> str:
+    """The flags to pass where only the blocks or the decoder kind differ; else what to check."""
+    if found['channels'] != expected['channels']:
+        return 'check -enc and -pl against the checkpoint'
+    fixes = []
+    if found['blocks'] != expected['blocks']:
+        fixes.append(f"-cb {found['blocks']}")
+    if found['conditional'] != expected['conditional']:
+        fixes.append(f"-dec {'freia-cflow' if found['conditional'] else 'freia-flow'}")
+    return f'pass {" ".join(fixes)}' if fixes else 'check -cb and -dec against the checkpoint'
+
+
 def check_decoder_states(states: list, decoders: List[torch.nn.Module], source: str) -> None:
     """Fail with expected vs found unless ``states`` fit ``decoders`` one to one."""
     if not isinstance(states, (list, tuple)):
@@ -57,7 +69,7 @@ def check_decoder_states(states: list, decoders: List[torch.nn.Module], source: 
         found, expected = describe_decoder_state(state), describe_decoder_state(decoder.state_dict())
         if found != expected:
             raise CflowError(f'{source}: decoder {layer} has {_decoder_text(found)}, but the model expects '
-                             f'{_decoder_text(expected)}: check -enc, -pl, -cb and -dec against the checkpoint')
+                             f'{_decoder_text(expected)}: {_fix(found, expected)}')
 
 
 def read_checkpoint(path: str) -> dict:

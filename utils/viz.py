@@ -55,42 +55,60 @@ def display_image(path: str, size) -> np.ndarray:
 
 
 def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                        masks: np.ndarray) -> str:
-    """Write the figures into ``c.viz_dir`` and return it."""
+                        masks: np.ndarray, epoch: int) -> str:
+    """Write the figures of the test pass of ``epoch`` into ``c.viz_dir`` and return it.
+
+    Maps are those of the published test-set normalisation; an image's score is the max of
+    its map, so scores and the pixel threshold are on one scale (the colour bar's).
+    """
+    from matplotlib.ticker import MaxNLocator
     os.makedirs(c.viz_dir, exist_ok=True)
     has_defects = masks.any()
     threshold = f1_optimal_threshold(masks, maps) if has_defects else float(np.quantile(maps, 0.99))
+    threshold_name = 'F1-optimal on this test set' if has_defects else '99% quantile of the maps'
     vmin, vmax = float(maps.min()), float(maps.max())
     for i, path in enumerate(dataset.x):
         image = display_image(path, maps.shape[1:])
-        fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
+        fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
         panels = [(image, 'image', {}), (masks[i], 'ground truth', {'cmap': 'gray', 'vmin': 0, 'vmax': 1})]
         for ax, (data, title, kw) in zip(axes, panels):
             ax.imshow(data, **kw)
             ax.set_title(title)
         axes[2].imshow(image)
-        axes[2].imshow(maps[i], cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax)
-        axes[2].set_title(f'anomaly map (score {scores[i]:.3g})')
+        heat = axes[2].imshow(maps[i], cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax)
+        axes[2].set_title(f'anomaly map, score {scores[i]:.3g}')
+        bar = fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)
+        bar.ax.axhline(threshold, color='black', linewidth=2)
         segmented = image.copy()
         segmented[maps[i] > threshold] = (0.5 * segmented[maps[i] > threshold] + [127, 0, 0]).astype(np.uint8)
         axes[3].imshow(segmented)
         axes[3].contour(maps[i] > threshold, levels=[0.5], colors='red', linewidths=0.8)
-        axes[3].set_title(f'segmentation (th {threshold:.3g})')
+        axes[3].set_title(f'pixels above {threshold:.3g}')
         for ax in axes:
             ax.axis('off')
+        fig.suptitle(f'{c.model}, epoch {epoch}: score = max of the map; the black line on the colour bar is the '
+                     f'pixel threshold ({threshold_name}), on the same scale', fontsize=8)
         fig.tight_layout()
         defect = os.path.basename(os.path.dirname(path))
         name = os.path.splitext(os.path.basename(path))[0]
-        fig.savefig(os.path.join(c.viz_dir, f'{i:04d}_{defect}_{name}.png'), dpi=80)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(scores.min(), scores.max(), 30)
-    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label='good')
-    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label='defective')
-    ax.set_xlabel('image anomaly score')
+        save_figure(fig, os.path.join(c.viz_dir, f'{i:04d}_{defect}_{name}.png'))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    bins = np.linspace(min(scores.min(), threshold), max(scores.max(), threshold), 30)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f'good ({int((labels == 0).sum())})')
+    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f'defective ({int((labels == 1).sum())})')
+    ax.axvline(threshold, color='black', linestyle='--', label=f'pixel threshold {threshold:.3g} ({threshold_name})')
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel('image anomaly score (max of the map)')
     ax.set_ylabel('images')
-    ax.legend()
+    ax.set_title(f'{c.class_name}: image scores at epoch {epoch}')
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(c.viz_dir, 'score_histogram.png'), dpi=80)
-    plt.close(fig)
+    save_figure(fig, os.path.join(c.viz_dir, 'score_histogram.png'))
     return c.viz_dir
+
+
+def save_figure(fig, path: str) -> None:
+    """A figure written atomically, then closed."""
+    from utils.atomic import atomic_write
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format='png'))
+    plt.close(fig)
