@@ -72,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument('--predict-images', default=48, type=int, help='predict: image files in the folder')
     p.add_argument('--predict-image-size', default=512, type=int, help='predict: side of the PNG files')
     p.add_argument('--predict-batch', default=1, type=int, help='predict: images per model call')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader,predict')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader,predict,sizes')
     return p.parse_args(argv)
 
 
@@ -351,6 +351,42 @@ def bench_predict(a, rows):
                             for k in commands})
 
 
+def bench_sizes(a, rows):
+    """Model file sizes: the authors' checkpoint vs the compact file, with the encoder stored (fine-tuned
+    or unknown) and without (the stock ImageNet network, recorded by checksum; simulated by putting
+    this encoder into a temporary torch hub cache as "the ImageNet file")."""
+    from custom_models.encoders import imagenet_cache_path
+    from utils.model_file import LoadedModel, save_compact
+    for arch in ('wide_resnet50_2', 'resnet18', 'mobilenet_v3_large'):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        encoder = build_encoder(arch, 3, 'none')
+        decoders = build_decoders('freia-cflow', encoder.pool_dims, 8)
+        model = LoadedModel(encoder, decoders, {'enc_arch': arch, 'dec_arch': 'freia-cflow', 'pool_layers': 3,
+                                                'coupling_blocks': 8, 'input_size': 256}, None)
+        with tempfile.TemporaryDirectory() as tmp:
+            sizes = {}
+            save_checkpoint(os.path.join(tmp, 'a.pt'), encoder, decoders)
+            sizes['authors'] = os.path.getsize(os.path.join(tmp, 'a.pt'))
+            save_compact(os.path.join(tmp, 'stored.safetensors'), model)
+            sizes['stored'] = os.path.getsize(os.path.join(tmp, 'stored.safetensors'))
+            old = os.environ.get('TORCH_HOME')
+            os.environ['TORCH_HOME'] = os.path.join(tmp, 'hub')
+            try:
+                os.makedirs(os.path.dirname(imagenet_cache_path(arch)))
+                torch.save(encoder.net.state_dict() if arch != 'mobilenet_v3_large' else
+                           {f'features.{k}': v for k, v in encoder.net.state_dict().items()}, imagenet_cache_path(arch))
+                save_compact(os.path.join(tmp, 'stock.safetensors'), model)
+                sizes['stock'] = os.path.getsize(os.path.join(tmp, 'stock.safetensors'))
+            finally:
+                os.environ.pop('TORCH_HOME') if old is None else os.environ.__setitem__('TORCH_HOME', old)
+        mb = {k: v / 2 ** 20 for k, v in sizes.items()}
+        rows.append((f'model file, {arch} (-cb 8 -pl 3)', f'{mb["authors"]:.1f} MB', 'baseline', "authors' .pt"))
+        rows.append((f'  compact, encoder stored', f'{mb["stored"]:.1f} MB', f'{mb["stored"] / mb["authors"]:.2f}x', ''))
+        rows.append((f'  compact, stock ImageNet encoder', f'{mb["stock"]:.1f} MB', f'{mb["stock"] / mb["authors"]:.2f}x',
+                     'encoder recorded by name + SHA-256'))
+
+
 def bench_modes(a, rows):
     """Metrics of each scoring mode with a trained demo checkpoint, as differences to fp32."""
     import contextlib
@@ -398,6 +434,8 @@ def main(argv=None):
         bench_loader(a, rows)
     if 'predict' not in skip:
         bench_predict(a, rows)
+    if 'sizes' not in skip:
+        bench_sizes(a, rows)
     if a.checkpoint:
         bench_modes(a, rows)
     width = max(len(r[0]) for r in rows)
