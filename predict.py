@@ -168,7 +168,35 @@ def output_name(source: str, frame, root: str) -> str:
 
 
 def save_png(path: str, image: Image.Image) -> None:
-    atomic_write(path, lambda tmp: image.save(tmp, format='PNG'))
+    # zlib's fastest level: PNG encoding at the default level cost more than scoring the image
+    atomic_write(path, lambda tmp: image.save(tmp, format='PNG', compress_level=1))
+
+
+class BackgroundWriter:
+    """Encodes and writes PNGs on a thread (Pillow releases the GIL while encoding), so writing
+    overlaps the next batch's scoring; at most ``pending`` writes wait, and any error surfaces."""
+
+    def __init__(self, pending: int = 64):
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.futures, self.pending = [], pending
+
+    def submit(self, fn, *args) -> None:
+        self.futures.append(self.pool.submit(fn, *args))
+        while len(self.futures) > self.pending:
+            self.futures.pop(0).result()
+
+    def close(self) -> None:
+        """Wait for every write; re-raise the first error."""
+        try:
+            for future in self.futures:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """After an error elsewhere: drop what has not started, wait for the rest, raise nothing."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def full_size_mask(anomaly_map: np.ndarray, size: Tuple[int, int], threshold: float, defective: bool) -> np.ndarray:
@@ -244,6 +272,7 @@ def run_predict(c) -> dict:
     rows, skipped = [], []
     start = time.time()
     ok = False
+    writer = BackgroundWriter()
     try:
         for images, items in progress(batches, total=-(-total // c.batch_size) if total else None, desc='predict'):
             keep = [i for i, item in enumerate(items) if item[2] is not None]
@@ -262,16 +291,19 @@ def run_predict(c) -> dict:
                 overlay = annotate(heat_overlay(display, maps[j], vmax=2 * t_image, mask=mask),
                                    f'score {scores[j]:.3g} / threshold {t_image:.3g}: '
                                    f'{"DEFECTIVE" if defective[j] else "good"}', bool(defective[j]))
-                save_png(os.path.join(overlay_dir, name), overlay)
-                save_png(os.path.join(mask_dir, name), Image.fromarray((mask * 255).astype(np.uint8)))
+                writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
+                writer.submit(save_png, os.path.join(mask_dir, name), Image.fromarray((mask * 255).astype(np.uint8)))
                 if video is not None:
                     video.write(overlay)
                 rows.append({'source': src, 'frame': '' if frame is None else frame, 'score': float(scores[j]),
                              'decision': 'defective' if defective[j] else 'good', 'defect_pixels': int(mask.sum()),
                              'defect_fraction': float(mask.mean()), 'overlay': os.path.join('overlays', name),
                              'mask': os.path.join('masks', name)})
+        writer.close()
         ok = True
     finally:
+        if not ok:
+            writer.abort()
         if video is not None:
             video.close(ok)
     seconds = time.time() - start

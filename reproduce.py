@@ -185,7 +185,7 @@ def run_local(jobs: List[Job], slots: List[List[str]], log_dir: str, progress: P
                     job = pending.pop(0)
                     log = open(os.path.join(log_dir, f'{job.model}.log'), 'w')
                     proc = subprocess.Popen([sys.executable, MAIN] + job.argv + slot, stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=_die_with_parent,
+                                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                             start_new_session=True)  # Ctrl-C reaches them through us only
                     running[i] = (job, proc, log)
                     where = ' '.join(slot).replace('--no-cuda', 'cpu').replace('--gpu ', 'gpu ')
@@ -314,9 +314,21 @@ def write_preset_report(a, preset, results_dir: str, out_dir: str) -> Dict[str, 
 # ----------------------------------------------------------------------------------
 
 
+def absolute_paths(a) -> None:
+    """Folders as absolute paths: runs and cluster jobs may start in another working directory."""
+    from config import DEFAULT_DATA_PATHS
+    a.output_dir = os.path.abspath(a.output_dir)
+    if a.data_path is None and a.dataset in DEFAULT_DATA_PATHS:
+        a.data_path = DEFAULT_DATA_PATHS[a.dataset]
+    for name in ('data_path', 'checkpoints', 'report'):
+        if getattr(a, name):
+            setattr(a, name, os.path.abspath(getattr(a, name)))
+
+
 def main(argv=None) -> int:
     try:
         a = parse_args(argv)
+        absolute_paths(a)
         from utils.presets import get_preset
         preset = get_preset(a.preset)
         if a.report:
@@ -342,7 +354,7 @@ def reproduce(a, preset) -> int:
     if a.dataset == 'demo':  # generate each stand-in class once, before runs share it
         from custom_datasets.synthetic import make_demo_class
         for class_name in sorted({job.class_name for job in todo}):
-            make_demo_class(a.data_path or './data/demo', class_name)
+            make_demo_class(a.data_path, class_name)
     if todo:
         if a.cluster:
             progress = Progress(len(todo), len(todo))

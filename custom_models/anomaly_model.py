@@ -20,6 +20,9 @@ from custom_models.fast_flow import FastFlowScorer
 from custom_models.flows import CONDITION_VEC
 
 
+EXP_LIMIT = 80.0
+
+
 class AnomalyModel(nn.Module):
     def __init__(self, encoder: nn.Module, decoders: List[nn.Module], input_size: int,
                  mean: Sequence[float], std: Sequence[float], calibration: dict):
@@ -48,8 +51,10 @@ class AnomalyModel(nn.Module):
         size = (self.input_size, self.input_size)
         total = None
         for log_p, shift in zip(self.log_probs(images), self.log_p_max):
-            prob = F.interpolate(torch.exp(log_p - shift).unsqueeze(1), size=size, mode='bilinear',
-                                 align_corners=True)[:, 0]
+            # exp(80) ~ 5.5e34: above that float32 overflows to inf, and the upsampling's zero weights
+            # would turn inf into NaN. Only fibers far likelier than any calibration fiber reach it.
+            prob = torch.exp(torch.clamp(log_p - shift, max=EXP_LIMIT))
+            prob = F.interpolate(prob.unsqueeze(1), size=size, mode='bilinear', align_corners=True)[:, 0]
             total = prob if total is None else total + prob
         maps = self.sum_max - total
         return maps, maps.amax(dim=(1, 2))

@@ -43,3 +43,25 @@ def test_fused_scorer_on_cuda_equals_the_cpu_loop(compile_):
         (scorer,) = make_scorers(c, [decoder.cuda()])
         fused = scorer(feature_map.cuda()).cpu()
     assert torch.allclose(fused, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_deployable_model_on_cuda_equals_the_cpu():
+    """predict's model (normalisation, taps, fused decoders, calibrated maps) on CUDA against the CPU."""
+    from custom_models.anomaly_model import AnomalyModel
+    from custom_models.encoders import build_encoder
+    from custom_models.flows import build_decoders
+    torch.manual_seed(0)
+    np.random.seed(0)
+    encoder = build_encoder('resnet18', 3, 'none')
+    decoders = build_decoders('freia-cflow', encoder.pool_dims, 4)
+    calibration = {'log_p_max': [0.5, 0.5, 0.5], 'sum_max': 3.0}
+    images = torch.rand(4, 3, 128, 128)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.inference_mode():
+        cpu = AnomalyModel(encoder, decoders, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), calibration).eval()
+        maps, scores = cpu(images)
+        gpu = AnomalyModel(encoder, decoders, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                           calibration).to('cuda:0').eval()
+        gpu_maps, gpu_scores = gpu(images.cuda())
+    assert (gpu_maps.cpu() - maps).abs().max() / maps.abs().max() < 1e-4
+    assert torch.allclose(gpu_scores.cpu(), scores, rtol=1e-4)
