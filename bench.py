@@ -295,7 +295,8 @@ def bench_predict(a, rows):
                         n_test_good=1, n_test_defect=1)
         folder = os.path.join(root, 'predict', 'train', 'good')
         # calibrated on images of the same kind, as a user would (noise would give extreme maps)
-        images = torch.stack([ImageFiles(list_images(folder)[:8], a.input_size)[i][0] for i in range(8)])
+        calibration_files = ImageFiles(list_images(folder)[:8], a.input_size)
+        images = torch.stack([calibration_files[i][0] for i in range(len(calibration_files))])
         settings = {'enc_arch': a.enc_arch, 'dec_arch': 'freia-cflow', 'pool_layers': a.pool_layers,
                     'coupling_blocks': a.coupling_blocks, 'input_size': a.input_size, 'norm_mean': list(mean),
                     'norm_std': list(std)}

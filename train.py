@@ -124,13 +124,14 @@ def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optim
 
 
 def check_finite_scores(log_probs: List[torch.Tensor]) -> None:
-    """A NaN or inf log-likelihood would make every map of its layer NaN: stop with a clear line."""
+    """A NaN or +inf log-likelihood would make every map of its layer NaN: stop with a clear line.
+    (-inf is a valid "infinitely unlikely": exp(-inf - max) = 0, the most anomalous value.)"""
     for layer, log_prob in enumerate(log_probs):
-        bad = int((~torch.isfinite(log_prob)).sum())
+        bad = int((torch.isnan(log_prob) | (log_prob == float('inf'))).sum())
         if bad:
-            raise CflowError(f'decoder {layer} gave {bad} non-finite log-likelihoods of {log_prob.numel()}: the flow '
-                             f'diverged or the checkpoint is broken; retrain with a lower --lr (the results of '
-                             f'earlier epochs are kept)')
+            raise CflowError(f'decoder {layer} gave {bad} NaN or +inf log-likelihoods of {log_prob.numel()}: the '
+                             f'flow diverged or the checkpoint is broken; retrain with a lower --lr (the results '
+                             f'of earlier epochs are kept)')
 
 
 @dataclass
