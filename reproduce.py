@@ -99,6 +99,7 @@ def plan_jobs(a, preset) -> List[Job]:
 
 def plan_checkpoint_jobs(a, preset, common: List[str]) -> List[Job]:
     """norm-test of each checkpoint in --checkpoints, its settings read from its authors'-style name."""
+    from config import model_name
     from utils.presets import settings_from_checkpoint_name
     if not a.checkpoints or not os.path.isdir(a.checkpoints):
         raise CflowError(f'--preset {preset.name} needs --checkpoints DIR, the folder of the downloaded .pt files')
@@ -108,7 +109,6 @@ def plan_checkpoint_jobs(a, preset, common: List[str]) -> List[Job]:
         if s is None:
             raise CflowError(f'cannot read the settings from the name of {path}: expected the authors\' '
                              f'{{dataset}}_{{enc}}_{{dec}}_pl{{pl}}_cb{{cb}}_inp{{inp}}_run{{run}}_{{class}}....pt')
-        from config import model_name
         model = model_name(a.dataset, s['enc'], s['dec'], s['pl'], s['cb'], s['inp'], s['run'], s['class_name'])
         argv = ['-enc', s['enc'], '-dec', s['dec'], '-pl', str(s['pl']), '-cb', str(s['cb']), '-inp', str(s['inp']),
                 '-run', str(s['run']), '--class-name', s['class_name'], '--action-type', 'norm-test',

@@ -160,3 +160,16 @@ def test_released_checkpoints_are_tested_with_the_settings_their_names_state(tmp
     (folder / 'notes.pt').write_text('x')
     with pytest.raises(CflowError, match='cannot read the settings from the name'):
         reproduce.plan_jobs(a, PRESETS['mnv3-released'])
+
+
+def test_one_run_per_visible_gpu_or_the_cpu(monkeypatch):
+    import torch
+    a = reproduce.parse_args(['--preset', PRESET])
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 3)
+    assert reproduce.device_slots(a) == [['--gpu', '0'], ['--gpu', '1'], ['--gpu', '2']]
+    assert reproduce.device_slots(reproduce.parse_args(['--preset', PRESET, '--gpus', '2,0'])) == [
+        ['--gpu', '2'], ['--gpu', '0']]
+    assert reproduce.device_slots(reproduce.parse_args(['--preset', PRESET, '--no-cuda'])) == [['--no-cuda']]
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert reproduce.device_slots(a) == [['--no-cuda']]
