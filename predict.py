@@ -129,12 +129,14 @@ def video_batches(c, path: str) -> Iterator[Tuple[torch.Tensor, list]]:
         yield torch.stack(tensors), items
 
 
-def video_frame_count(path: str) -> int:
+def video_info(path: str) -> Tuple[int, float]:
+    """(frame count or 0 where the container does not say, frames per second) of a video."""
     from custom_datasets.stc import _import_av
     av = _import_av()
     try:
         with av.open(path) as container:
-            return container.streams.video[0].frames or 0
+            stream = container.streams.video[0]
+            return stream.frames or 0, float(stream.average_rate or 10)
     except (av.error.FFmpegError, IndexError) as exc:
         raise CflowError(f'cannot decode video {path} ({exc}): check the file') from None
 
@@ -258,17 +260,14 @@ def run_predict(c) -> dict:
     model, calibration = open_model(c)
     t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
     overlay_dir, mask_dir = os.path.join(c.output_dir, 'overlays'), os.path.join(c.output_dir, 'masks')
+    video = None
     if kind == 'images':
         batches, total = image_batches(c, source), len(source)
     else:
-        batches, total = video_batches(c, source), video_frame_count(source)
-    fps = 10.0
-    if kind == 'video':
-        import av
-        with av.open(source) as container:
-            fps = float(container.streams.video[0].average_rate or 10)
-    video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}_annotated.mp4'),
-                        fps) if kind == 'video' else None
+        total, fps = video_info(source)
+        batches = video_batches(c, source)
+        video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}'
+                                                       f'_annotated.mp4'), fps)
     rows, skipped = [], []
     start = time.time()
     ok = False
