@@ -46,10 +46,15 @@ def calibrate_model(c, encoder, decoders, paths: List[str], source: str) -> dict
     return calibration
 
 
+def calibrate_on_folder(c, encoder, decoders) -> dict:
+    """Calibrate on the defect-free images under ``--calibration-path``."""
+    return calibrate_model(c, encoder, decoders, calibration_images(c.calibration_path),
+                           f'images under {c.calibration_path}')
+
+
 def calibrate_after_training(c, encoder, decoders, train_set) -> dict:
     if c.calibration_path:
-        return calibrate_model(c, encoder, decoders, calibration_images(c.calibration_path),
-                               f'images under {c.calibration_path}')
+        return calibrate_on_folder(c, encoder, decoders)
     print(f'Notice: calibrating on the {OPTIMISTIC}')
     return calibrate_model(c, encoder, decoders, list(train_set.x), OPTIMISTIC.split(':')[0])
 
@@ -74,9 +79,8 @@ def run_calibrate(c) -> dict:
     if not c.calibration_path:
         raise CflowError('--action-type calibrate needs --calibration-path DIR (defect-free images not used '
                          'for training)')
-    paths = calibration_images(c.calibration_path)
     model = load_for_inference(c)
-    model.calibration = calibrate_model(c, model.encoder, model.decoders, paths, f'images under {c.calibration_path}')
+    model.calibration = calibrate_on_folder(c, model.encoder, model.decoders)
     ext = '.safetensors' if c.checkpoint.endswith('.safetensors') else '.pt'
     output = c.output or default_output(c.checkpoint, '_calibrated', ext)
     write_model(output, model)

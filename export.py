@@ -8,7 +8,7 @@ The model must be calibrated (its thresholds are part of what is deployed); pass
 """
 import os
 
-from calibrate import calibrate_model, calibration_images, load_for_inference, write_model
+from calibrate import calibrate_on_folder, load_for_inference, write_model
 from custom_models.anomaly_model import AnomalyModel
 from utils.errors import CflowError
 
@@ -16,8 +16,7 @@ from utils.errors import CflowError
 def require_calibration(c, model) -> None:
     """Calibrate on --calibration-path if asked (or needed); a clear error where it cannot be."""
     if c.calibration_path:
-        model.calibration = calibrate_model(c, model.encoder, model.decoders, calibration_images(c.calibration_path),
-                                            f'images under {c.calibration_path}')
+        model.calibration = calibrate_on_folder(c, model.encoder, model.decoders)
     if model.calibration is None:
         raise CflowError(f'{c.checkpoint} has no calibration: pass --calibration-path DIR (defect-free images '
                          f'not used for training), or calibrate it first with --action-type calibrate')

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 
 from custom_datasets.mvtec import MVTEC_CLASS_NAMES
 from utils.errors import CflowError, user_message
+from utils.progress import hms
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(REPO, 'main.py')
@@ -136,23 +137,18 @@ def is_complete(results_dir: str, model: str) -> bool:
 class Progress:
     """Runs done / total, what is running, elapsed time and an estimate of the rest."""
 
-    def __init__(self, total: int, slots: int):
-        self.total, self.slots, self.done, self.failed = total, max(slots, 1), 0, []
+    def __init__(self, total: int):
+        self.total, self.done, self.failed = total, 0, []
         self.start = time.time()
 
     def line(self, event: str) -> str:
         elapsed = time.time() - self.start
         left = self.total - self.done
-        eta = f' | about {_hms(elapsed / self.done * left)} left' if self.done and left else ''
-        return f'[{self.done}/{self.total} runs] {event} | elapsed {_hms(elapsed)}{eta}'
+        eta = f' | about {hms(elapsed / self.done * left)} left' if self.done and left else ''
+        return f'[{self.done}/{self.total} runs] {event} | elapsed {hms(elapsed)}{eta}'
 
     def report(self, event: str) -> None:
         print(self.line(event), flush=True)
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def _die_with_parent() -> None:
@@ -357,11 +353,11 @@ def reproduce(a, preset) -> int:
             make_demo_class(a.data_path, class_name)
     if todo:
         if a.cluster:
-            progress = Progress(len(todo), len(todo))
+            progress = Progress(len(todo))
             run_submitit(a, todo, progress)
         else:
             slots = device_slots(a)
-            progress = Progress(len(todo), len(slots))
+            progress = Progress(len(todo))
             run_local(todo, slots, os.path.join(a.output_dir, 'logs'), progress)
         if progress.failed:
             print(f'{len(progress.failed)} of {len(todo)} runs failed; run the same command again to retry them')

@@ -76,13 +76,6 @@ def read_mask(path: str) -> Image.Image:
 MAX_ROTATION = 5.0  # degrees: the published RandomRotation(5)
 
 
-def image_transform(input_size: int, train: bool, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """The published test transform; for training, see :func:`rotate_like_random_rotation` (applied
-    between the resize and the crop, as published)."""
-    return T.Compose([T.Resize((input_size, input_size), interpolation=T.InterpolationMode.LANCZOS),
-                      T.CenterCrop(input_size), T.ToTensor(), T.Normalize(mean, std)])
-
-
 def rotate_like_random_rotation(image: Image.Image, seed: int) -> Image.Image:
     """``RandomRotation(5)`` (nearest, black fill, no expand) with its angle drawn from ``seed``.
 
@@ -173,21 +166,20 @@ def image_size(path: str, what: str = 'image') -> Tuple[int, int]:
         raise unreadable(path, exc, what) from None
 
 
-def check_readable(paths: List[str]) -> None:
-    """Fail early, with the file's name, on an image that cannot even be identified.
+def check_readable(paths: List[str]) -> List[Tuple[int, int]]:
+    """Fail early, with the file's name, on an image that cannot even be identified; return the sizes.
 
     Reads headers only; a file broken further in is caught when it is loaded.
     """
-    for path in paths:
-        image_size(path)
+    return [image_size(path) for path in paths]
 
 
-def check_mask_sizes(images: List[str], masks: List[Optional[object]]) -> None:
-    """Each mask file must have its image's size: both are resized on their own to a square,
-    so a mask of another aspect ratio would land on the wrong pixels (headers only)."""
-    for image, mask in zip(images, masks):
+def check_mask_sizes(images: List[str], sizes: List[Tuple[int, int]], masks: List[Optional[object]]) -> None:
+    """Each mask file must have its image's size (``sizes``, from :func:`check_readable`): both are
+    resized on their own to a square, so a mask of another aspect ratio would land on the wrong pixels."""
+    for image, expected, mask in zip(images, sizes, masks):
         if isinstance(mask, str):
-            found, expected = image_size(mask, 'mask'), image_size(image)
+            found = image_size(mask, 'mask')
             if found != expected:
                 raise CflowError(f'mask {mask} is {found[0]}x{found[1]} but its image {image} is '
                                  f'{expected[0]}x{expected[1]}: masks must have their image\'s size')

@@ -49,8 +49,7 @@ def list_split(class_dir: str, train: bool,
         raise CflowError(f'no images ({"/".join(extensions)}) under {phase_dir}')
     if train and any(labels):
         raise CflowError(f'{phase_dir} holds defect folders; training uses defect-free images only (train/good/)')
-    check_readable(images)
-    check_mask_sizes(images, masks)
+    check_mask_sizes(images, check_readable(images), masks)
     return images, labels, masks
 
 

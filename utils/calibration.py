@@ -61,13 +61,6 @@ def decisions(scores: np.ndarray, calibration: dict) -> np.ndarray:
     return np.asarray(scores) > calibration['image_threshold']
 
 
-def defect_masks(maps: np.ndarray, calibration: dict) -> np.ndarray:
-    """Boolean defect masks: A > t_P, only for images decided defective."""
-    maps = np.asarray(maps)
-    defective = decisions(maps.reshape(maps.shape[0], -1).max(axis=1), calibration)
-    return (maps > calibration['pixel_threshold']) & defective[:, None, None]
-
-
 def decision_quality(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """False-positive rate on good images, recall on defective ones, precision and F1 at a threshold."""
     labels = np.asarray(labels).astype(bool)

@@ -58,14 +58,7 @@ def stock_imagenet_checksum(arch: str) -> Optional[str]:
     if not imagenet_weights_cached(arch):
         return None
     state = torch.load(imagenet_cache_path(arch), map_location='cpu', weights_only=True)
-    return encoder_checksum(normalise_encoder_state(arch, _tapped_part(arch, state)))
-
-
-def _tapped_part(arch: str, state: dict) -> dict:
-    from custom_models.encoders import MOBILENETS
-    if arch in MOBILENETS:
-        return normalise_encoder_state(arch, state)
-    return {k: v for k, v in state.items() if not k.startswith('fc.')}
+    return encoder_checksum(normalise_encoder_state(arch, state))  # the checksum skips a ResNet's fc
 
 
 # ----------------------------------------------------------------------------------

@@ -13,16 +13,16 @@ from tqdm import tqdm
 LOG_INTERVAL = 30.0  # seconds between progress lines in a log
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     seconds = int(seconds)
     return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def progress_line(desc: str, done: int, total: Optional[int], elapsed: float) -> str:
     if not total:
-        return f'{desc}: {done} done, elapsed {_hms(elapsed)}'
-    left = f', about {_hms(elapsed / done * (total - done))} left' if done else ''
-    return f'{desc}: {done}/{total} ({100 * done / total:.0f}%), elapsed {_hms(elapsed)}{left}'
+        return f'{desc}: {done} done, elapsed {hms(elapsed)}'
+    left = f', about {hms(elapsed / done * (total - done))} left' if done else ''
+    return f'{desc}: {done}/{total} ({100 * done / total:.0f}%), elapsed {hms(elapsed)}{left}'
 
 
 def progress(iterable: Iterable, total: Optional[int] = None, desc: str = '', leave: bool = False,
