@@ -24,7 +24,8 @@ from custom_models.encoders import (FeatureEncoder, build_encoder, guess_encoder
 from custom_models.flows import build_decoders
 from utils.atomic import atomic_write
 from utils.calibration import CALIBRATION_KEY
-from utils.checkpoint import check_decoder_states, describe_decoder_state, read_checkpoint
+from utils.checkpoint import (describe_decoder_state, load_checkpoint_decoders, load_checkpoint_encoder,
+                              read_checkpoint)
 from utils.errors import CflowError
 
 COMPACT_FORMAT = 'cflow-ad-compact/1'
@@ -86,11 +87,9 @@ def read_model(path: str, settings: dict) -> LoadedModel:
         found.update(enc_arch=arch, pool_layers=len(state['decoder_state_dict']), coupling_blocks=desc['blocks'],
                      dec_arch='freia-cflow' if desc['conditional'] else 'freia-flow')
     encoder = build_encoder(found['enc_arch'], found['pool_layers'], 'none')
-    load_encoder_state(encoder, state['encoder_state_dict'], f'checkpoint {path}')
+    load_checkpoint_encoder(state, path, encoder)
     decoders = build_decoders(found['dec_arch'], encoder.pool_dims, found['coupling_blocks'])
-    check_decoder_states(state['decoder_state_dict'], decoders, f'checkpoint {path}')
-    for decoder, decoder_state in zip(decoders, state['decoder_state_dict']):
-        decoder.load_state_dict(decoder_state, strict=True)
+    load_checkpoint_decoders(state, path, decoders)
     return LoadedModel(encoder, decoders, found, calibration)
 
 
