@@ -48,16 +48,18 @@ from utils.checkpoint import save_checkpoint
 from utils.metrics import aupro, aupro_direct
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', choices=ENCODER_ARCHS)
-    p.add_argument('-inp', '--input-size', default=256, type=int)
-    p.add_argument('-bs', '--batch-size', default=32, type=int)
-    p.add_argument('-cb', '--coupling-blocks', default=8, type=int)
-    p.add_argument('-pl', '--pool-layers', default=3, type=int)
+    p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', choices=ENCODER_ARCHS,
+                   help='encoder of the test-pipeline and predict sections (default: wide_resnet50_2)')
+    p.add_argument('-inp', '--input-size', default=256, type=int, help='image side in pixels (default: 256)')
+    p.add_argument('-bs', '--batch-size', default=32, type=int, help='test-pipeline images per batch (default: 32)')
+    p.add_argument('-cb', '--coupling-blocks', default=8, type=int, help='coupling blocks per flow (default: 8)')
+    p.add_argument('-pl', '--pool-layers', default=3, type=int, help='encoder taps, each with a flow (default: 3)')
     p.add_argument('--batches', default=3, type=int, help='batches per path and round')
     p.add_argument('--rounds', default=5, type=int, help='timed rounds (paths interleaved, order rotated)')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                   help='cpu or cuda[:N] (default: cuda where there is one)')
     p.add_argument('--compile', action='store_true', help='also time torch.compile of the fused scorer')
     p.add_argument('--pro-maps', default=500, type=int, help='AUPRO: number of maps')
     p.add_argument('--pro-size', default=256, type=int, help='AUPRO: map side')
@@ -65,15 +67,26 @@ def parse_args(argv=None):
                    help='AUPRO: maps for the direct definition (default: all; it is the slow one)')
     p.add_argument('--loader-images', default=64, type=int, help='loader: image files to read')
     p.add_argument('--loader-image-size', default=1024, type=int, help='loader: side of the PNG files')
-    p.add_argument('--workers', default='0,2,4', help='loader: worker counts to try')
+    p.add_argument('--workers', default=','.join(str(w) for w in (0, 2, 4) if w <= (os.cpu_count() or 1)),
+                   help='loader: worker counts to try (default: 0, 2, 4, up to the cores)')
     p.add_argument('--checkpoint', default='',
                    help='a checkpoint trained on the demo class (README demo command, same -enc/-inp/-cb/-pl): '
                         'also report each fast mode\'s effect on the demo metrics')
     p.add_argument('--predict-images', default=48, type=int, help='predict: image files in the folder')
     p.add_argument('--predict-image-size', default=512, type=int, help='predict: side of the PNG files')
     p.add_argument('--predict-batch', default=1, type=int, help='predict: images per model call')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader,predict,sizes')
-    return p.parse_args(argv)
+    p.add_argument('--train-encoders', default='resnet18,mobilenet_v3_large,wide_resnet50_2',
+                   help='training: encoders to time, comma-separated')
+    p.add_argument('--train-batch', default=8, type=int,
+                   help='training: images per timed batch (steps and encoder time both scale with it, so the '
+                        'ratio does not depend on it)')
+    p.add_argument('--train-rounds', default=3, type=int, help='training: timed rounds per encoder')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader,predict,sizes,train,threads')
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def synchronize(device):
@@ -419,6 +432,127 @@ def bench_modes(a, rows):
                          ', '.join(f'{k} {metrics[k] - reference[k]:+.3f} pt' for k in metrics)))
 
 
+# MVTec AD training images per class and the input size of its table-B command (tables.md, C).
+MVTEC_TRAIN = {'bottle': (209, 512), 'cable': (224, 256), 'capsule': (219, 256), 'carpet': (280, 512),
+               'grid': (264, 512), 'hazelnut': (391, 256), 'leather': (245, 512), 'metal_nut': (220, 256),
+               'pill': (267, 256), 'screw': (320, 512), 'tile': (230, 512), 'toothbrush': (60, 512),
+               'transistor': (213, 128), 'wood': (247, 512), 'zipper': (240, 512)}
+
+
+def table_b_hours(seconds_per_image_at_256: float) -> float:
+    """Training time of table B (15 classes x 4 runs x 25 x 8 sub-epochs, -bs 32, drop_last), from the
+    time per training image at 256 px; fiber steps grow with the input area, so (inp / 256)^2."""
+    images = sum((n // 32) * 32 * (inp / 256) ** 2 for n, inp in MVTEC_TRAIN.values())
+    return 4 * 25 * 8 * images * seconds_per_image_at_256 / 3600
+
+
+class UnitScaleTaps(torch.nn.Module):
+    """The encoder's taps, each scaled to unit std: a random-init encoder's raw taps (std up to 35
+    for WRN50) make the flows diverge (losses ~1e7), a regime ImageNet features never reach."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images):
+        return [t / t.std() for t in self.encoder(images)]
+
+
+def bench_training(a, rows):
+    """Seconds per training image batch (encoder + every fiber step of every decoder) of each
+    --adam mode against the published loop (torch's default Adam kernel over all decoders at
+    every step), interleaved; then, per mode, the largest relative difference of the final
+    weights from the published loop's after two sub-epochs from the same start and seed."""
+    import contextlib
+    import copy
+    import io
+    from train import train_meta_epoch
+    modes = {'published': 'published loop (default Adam kernel)', 'fused': '--adam fused (default)',
+             'deferred': '--adam deferred'}
+    for enc in a.train_encoders.split(','):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        raw = build_encoder(enc, a.pool_layers, 'none')
+        encoder = UnitScaleTaps(raw).to(a.device).eval()
+        start = build_decoders('freia-cflow', raw.pool_dims, a.coupling_blocks)
+        loader = [(torch.randn(a.train_batch, 3, a.input_size, a.input_size), None, None)]
+
+        def trainer(mode: str):
+            decoders = [d.to(a.device) for d in copy.deepcopy(start)]
+            optimizer = torch.optim.Adam([p for d in decoders for p in d.parameters()], lr=2e-4)
+            c = SimpleNamespace(lr=2e-4, meta_epochs=25, sub_epochs=1, fiber_batch=256, condition_vec=CONDITION_VEC,
+                                device=a.device, adam=mode)
+
+            def one_batch(epoch=5):  # past the warm-up: every decoder already holds a gradient
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train_meta_epoch(c, epoch, loader, encoder, decoders, optimizer)
+            return one_batch, decoders
+
+        seconds = interleaved({name: trainer(mode)[0] for mode, name in modes.items()}, a.train_rounds, a.device)
+        finals = {}
+        for mode in modes:
+            run_batch, decoders = trainer(mode)
+            torch.manual_seed(0)
+            run_batch(0)  # the warm-up epoch: per-step rates, decoders starting one after the other
+            run_batch(1)
+            finals[mode] = [p.detach().double() for d in decoders for p in d.parameters() if p.requires_grad]
+        notes = {}
+        for mode, name in modes.items():
+            per_image = float(np.median(seconds[name])) / a.train_batch * (256 / a.input_size) ** 2
+            notes[name] = f'table B ~{table_b_hours(per_image):.0f} h of training steps here'
+            if mode != 'published':
+                worst = max(((f - e).abs().max() / e.abs().max()).item()
+                            for e, f in zip(finals['published'], finals[mode]))
+                notes[name] += f'; final weights {worst:.1e} from the published loop\'s'
+        for name, speed, ratio, note in speed_rows(seconds, a.train_batch, modes['published'], notes):
+            rows.append((f'train {enc} {name}', speed, ratio, note))
+
+
+def bench_threads(a, rows):
+    """The demo's training sub-epoch (resnet18, 128 px, 64 images, -bs 32, -cb 8) on an idle CPU and
+    beside one busy process (a Python busy loop), with the default thread policy (utils/threads.py)
+    and with torch's fixed default thread count; paths interleaved within each condition."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+    from train import train_meta_epoch
+    from utils.threads import ThreadPolicy
+    torch.manual_seed(0)
+    np.random.seed(0)
+    encoder = UnitScaleTaps(build_encoder('resnet18', 3, 'none')).eval()
+    decoders = build_decoders('freia-cflow', encoder.encoder.pool_dims, 8)
+    loader = [(torch.randn(32, 3, 128, 128), None, None) for _ in range(2)]
+    optimizer = torch.optim.Adam([p for d in decoders for p in d.parameters()], lr=2e-4)
+    c = SimpleNamespace(lr=2e-4, meta_epochs=25, sub_epochs=1, fiber_batch=256, condition_vec=CONDITION_VEC,
+                        device='cpu', adam='fused')
+    default_threads = torch.get_num_threads()
+
+    def sub_epoch(requested):
+        def run():
+            policy = ThreadPolicy(requested)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train_meta_epoch(c, 5, loader, encoder, decoders, optimizer, threads=policy)
+            finally:
+                policy.restore()
+        return run
+    paths = {'thread policy (default)': sub_epoch(None), f'fixed {default_threads} threads': sub_epoch(default_threads)}
+    idle = interleaved(paths, a.train_rounds, 'cpu')
+    busy_process = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+    try:
+        time.sleep(1.0)
+        busy = interleaved(paths, a.train_rounds, 'cpu')
+    finally:
+        busy_process.kill()
+        busy_process.wait()
+    for name in paths:
+        ratio = float(np.median(busy[name]) / np.median(idle[name]))
+        rows.append((f'demo sub-epoch, {name}, idle', f'{np.median(idle[name]):.2f} s', '', ''))
+        rows.append((f'demo sub-epoch, {name}, beside a busy process', f'{np.median(busy[name]):.2f} s',
+                     f'{ratio:.2f}x', 'of its idle time'))
+
+
 def main(argv=None):
     a = parse_args(argv)
     skip = set(a.skip.split(',')) - {''}
@@ -438,6 +572,10 @@ def main(argv=None):
         bench_predict(a, rows)
     if 'sizes' not in skip:
         bench_sizes(a, rows)
+    if 'train' not in skip:
+        bench_training(a, rows)
+    if 'threads' not in skip and a.device == 'cpu':
+        bench_threads(a, rows)
     if a.checkpoint:
         bench_modes(a, rows)
     width = max(len(r[0]) for r in rows)

@@ -9,13 +9,14 @@ loads wherever the authors' checkpoints load), or a compact ``.safetensors`` fil
 ``norm-train`` the same runs on ``--calibration-path`` or, without it, on the training images.
 """
 import os
-from typing import List
+from typing import List, Optional
 
 from custom_datasets.common import LabelledImages, check_readable, list_images_recursive
 from custom_datasets.loaders import make_loader
 from utils.calibration import CALIBRATION_KEY, calibrate_from_log_probs
 from utils.checkpoint import save_checkpoint
 from utils.errors import CflowError
+from utils.progress import count
 from utils.model_file import LoadedModel, model_settings, read_model, save_compact
 
 OPTIMISTIC = ('training images: the flows were fitted to them, so this threshold is optimistic '
@@ -41,7 +42,7 @@ def calibrate_model(c, encoder, decoders, paths: List[str], source: str) -> dict
                              mean=c.norm_mean, std=c.norm_std)
     scores = score_test_set(c, make_loader(c, dataset, train=False), encoder, decoders)
     calibration = calibrate_from_log_probs(scores.log_probs, c.crp_size, source, model_settings(c))
-    print(f'Calibrated on {len(paths)} {source}: image threshold {calibration["image_threshold"]:.4g}, '
+    print(f'Calibrated on {count(len(paths), "image")} ({source}): image threshold {calibration["image_threshold"]:.4g}, '
           f'pixel threshold {calibration["pixel_threshold"]:.4g}')
     return calibration
 
@@ -52,11 +53,23 @@ def calibrate_on_folder(c, encoder, decoders) -> dict:
                            f'images under {c.calibration_path}')
 
 
-def calibrate_after_training(c, encoder, decoders, train_set) -> dict:
+def calibrate_after_training(c, encoder, decoders, train_set, paths: Optional[List[str]] = None) -> dict:
+    """After norm-train: on ``paths`` (--calibration-path, listed and checked before training), else
+    on the training images."""
     if c.calibration_path:
-        return calibrate_on_folder(c, encoder, decoders)
+        return calibrate_model(c, encoder, decoders, paths or calibration_images(c.calibration_path),
+                               f'images under {c.calibration_path}')
     print(f'Notice: calibrating on the {OPTIMISTIC}')
     return calibrate_model(c, encoder, decoders, list(train_set.x), OPTIMISTIC.split(':')[0])
+
+
+def calibrate_command(c, checkpoint: str) -> str:
+    """The command that calibrates ``checkpoint`` (made with these settings) later."""
+    folder = c.calibration_path or 'DIR_OF_GOOD_IMAGES'
+    dataset = ' --dataset stc' if c.dataset == 'stc' else ''  # its normalisation
+    return (f'python main.py --action-type calibrate --checkpoint {checkpoint} --calibration-path {folder}'
+            f'{dataset} -enc {c.enc_arch} -dec {c.dec_arch} -pl {c.pool_layers} -cb {c.coupling_blocks} '
+            f'-inp {c.input_size}')
 
 
 def load_for_inference(c) -> LoadedModel:

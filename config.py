@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--action-type', default='norm-train', type=str, metavar='ACTION',
                    help=f'{"/".join(ACTIONS)} (default: norm-train)')
     p.add_argument('-bs', '--batch-size', default=32, type=int, metavar='N',
-                   help='train batch size (default: 32)')
+                   help='images per batch: the published training batch (incomplete ones dropped), and the batch '
+                        'of every test, calibration and predict pass, where it changes only speed and memory '
+                        '(default: 32)')
     p.add_argument('--lr', type=float, default=2e-4, metavar='LR', help='learning rate (default: 2e-4)')
     p.add_argument('--meta-epochs', type=int, default=25, metavar='N',
                    help='number of meta epochs to train (default: 25)')
@@ -110,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='fast mode: bfloat16 autocast for the encoder at test time (changes results slightly)')
     p.add_argument('--compile', action='store_true', default=False,
                    help='torch.compile the test-time scorers (same maths, slower start)')
+    p.add_argument('--adam', default='fused', choices=('fused', 'published', 'deferred'), metavar='MODE',
+                   help='how Adam steps the decoders (every decoder at every fiber batch, as published): fused '
+                        '(torch\'s fused kernel; the published trajectory to float32 round-off), published (torch\'s '
+                        'default kernel, bit for bit), or deferred (idle decoders\' steps applied in one pass when '
+                        'next needed; rounds differently, see README) (default: fused)')
+    p.add_argument('--threads', default=None, type=int, metavar='N',
+                   help='CPU threads for torch, fixed (default: the cores other processes leave free, '
+                        're-measured every 2 s while training)')
     return p
 
 
@@ -125,7 +135,8 @@ def select_device(c) -> str:
     if c.no_cuda:
         return 'cpu'
     if not torch.cuda.is_available():
-        print(f'Notice: CUDA is not available, so --gpu {c.gpu} is ignored and the CPU is used')
+        if 'gpu' in getattr(c, 'given', ()):  # every published command passes --gpu 0: say why it is not used
+            print(f'Notice: CUDA is not available, so --gpu {c.gpu} is ignored and the CPU is used')
         return 'cpu'
     try:
         index = int(c.gpu)
@@ -151,7 +162,7 @@ def apply_demo_defaults(c, given: set) -> None:
         if dest not in given:
             setattr(c, dest, value)
             applied.append(f'{flag} {value}')
-    if applied:
+    if applied and c.action_type == 'norm-train':
         print(f'Demo defaults: {" ".join(applied)} (pass a flag to change it)')
 
 
@@ -170,13 +181,46 @@ def apply_file_settings(c, settings: dict, source: str) -> None:
 
 
 def check_checkpoint_name(c) -> None:
-    """An authors'-style name states the input size, which the weights cannot confirm: refuse another -inp.
-    (-enc, -pl, -cb and -dec are checked against the weights themselves when the file is loaded.)"""
+    """An authors'-style name states the input size, which the weights cannot confirm: taken when -inp
+    was left out, another -inp refused. (-enc, -pl, -cb and -dec are checked against the weights
+    themselves when the file is loaded.)"""
     from utils.presets import settings_from_checkpoint_name
     named = settings_from_checkpoint_name(c.checkpoint)
-    if named is not None and named['inp'] != c.input_size:
-        raise CflowError(f'checkpoint {os.path.basename(c.checkpoint)} is named inp{named["inp"]} but -inp is '
-                         f'{c.input_size}: pass -inp {named["inp"]} (or rename the file if its name is wrong)')
+    if named is None or named['inp'] == c.input_size:
+        return
+    if 'input_size' not in c.given:
+        c.input_size = named['inp']
+        return
+    raise CflowError(f'checkpoint {os.path.basename(c.checkpoint)} is named inp{named["inp"]} but -inp is '
+                     f'{c.input_size}: pass -inp {named["inp"]} (or rename the file if its name is wrong)')
+
+
+def calibrated_checkpoint_settings(path: str) -> Optional[dict]:
+    """The settings a calibrated .pt recorded with its calibration (None for an uncalibrated one),
+    read through a memory map, so the weights themselves are not loaded here."""
+    import torch
+    from utils.calibration import CALIBRATION_KEY
+    if not os.path.isfile(path):
+        raise CflowError(f'checkpoint {path} does not exist: check the path')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # not a zip-format file (or not a checkpoint): the full load reports it
+        return None
+    calibration = state.get(CALIBRATION_KEY) if isinstance(state, dict) else None
+    return dict(calibration['settings']) if calibration else None
+
+
+def apply_model_file_settings(c) -> None:
+    """What the model file states (input size, normalisation, architecture) wins over defaults and
+    must agree with flags the user passed: applied here, once, before any action runs."""
+    if c.checkpoint.endswith('.safetensors'):
+        from utils.model_file import compact_settings
+        apply_file_settings(c, compact_settings(c.checkpoint), c.checkpoint)
+    elif c.checkpoint.endswith(('.pt', '.pth')):
+        check_checkpoint_name(c)
+        recorded = calibrated_checkpoint_settings(c.checkpoint)
+        if recorded:
+            apply_file_settings(c, recorded, c.checkpoint)
 
 
 def given_flags(argv) -> set:
@@ -218,7 +262,7 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
                         ('-inp/--input-size', c.input_size), ('-bs/--batch-size', c.batch_size),
                         ('--meta-epochs', c.meta_epochs), ('--sub-epochs', c.sub_epochs),
-                        ('--fiber-chunk', c.fiber_chunk)):
+                        ('--fiber-chunk', c.fiber_chunk), ('--threads', 1 if c.threads is None else c.threads)):
         if value < 1:
             raise CflowError(f'{flag} must be at least 1, got {value}')
     if c.pool_layers > 3:
@@ -227,24 +271,21 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
         raise CflowError('--checkpoint is for norm-test (the published code ignores it when training, and a '
                          'warm start would silently restart the schedule): drop --checkpoint, or pass '
                          '--action-type norm-test')
-    if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
-        raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
-                         f'smaller than the network\'s padding; pass -inp '
-                         f'{smallest_input_size(c.enc_arch, c.pool_layers)} or more')
     if c.data_path is None:
         if c.dataset not in DEFAULT_DATA_PATHS:
             raise CflowError(f'--dataset {c.dataset} needs --data-path DIR (the folder holding the class folders)')
         c.data_path = DEFAULT_DATA_PATHS[c.dataset]
     if c.action_type == 'norm-test':
         c.meta_epochs = 1  # as published: one test pass
-        if c.checkpoint.endswith('.safetensors'):
-            from utils.model_file import compact_settings
-            apply_file_settings(c, compact_settings(c.checkpoint), c.checkpoint)
-        else:
-            check_checkpoint_name(c)
+    c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)
+    if c.checkpoint and c.action_type != 'norm-train':
+        apply_model_file_settings(c)  # the file's input size and normalisation win over the defaults
+    if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
+        raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
+                         f'smaller than the network\'s padding; pass -inp '
+                         f'{smallest_input_size(c.enc_arch, c.pool_layers)} or more')
     c.img_size = (c.input_size, c.input_size)
     c.crp_size = (c.input_size, c.input_size)
-    c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)
     c.condition_vec = CONDITION_VEC
     c.clamp_alpha = CLAMP_ALPHA
     c.fiber_batch = FIBER_BATCH
@@ -259,7 +300,19 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
     c.weights_dir = os.path.join(c.output_dir, 'weights')
     c.viz_dir = os.path.join(c.output_dir, 'viz', f'{c.model}_{c.run_date}')
     c.device = select_device(c)
+    apply_arithmetic(c)
     return c
+
+
+def apply_arithmetic(c) -> None:
+    """One arithmetic for every action (train, test, calibrate, predict, export), set once here:
+    full fp32 unless --tf32 (PyTorch lets cuDNN convolutions run in TF32 unless told otherwise,
+    so thresholds and maps would come from other arithmetic than training), and --threads."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = c.tf32
+    torch.backends.cudnn.allow_tf32 = c.tf32
+    if c.threads is not None:
+        torch.set_num_threads(c.threads)
 
 
 def parse_config(argv=None) -> argparse.Namespace:

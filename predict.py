@@ -5,14 +5,20 @@
 ``--checkpoint``: a calibrated ``.pt`` (authors' format + calibration), a compact
 ``.safetensors`` or an exported ``.onnx`` (run with onnxruntime). ``--input``: an image, a
 folder (recursively, any supported format) or a video (decoded frame by frame with PyAV).
-Writes under DIR, each file atomically:
+Writes under DIR (default: ``predictions/<input name>``), each file atomically:
 
-    overlays/<name>.png       the image with its anomaly map (fixed colour scale 0 .. 2 x threshold)
-    masks/<name>.png          the defect mask at the image's own size (0/255; empty when decided good)
-    predictions.csv / .json   source, frame, score, decision, defect area; thresholds and a summary
+    overlays/<path>.png       the image with its anomaly map (fixed colour scale 0 .. 2 x threshold);
+                              <path> is the input's path below the input folder, extension kept
+                              (a/b.jpg -> overlays/a/b.jpg.png; a video's frames -> <video>/000123.png),
+                              so two inputs never share an output
+    masks/<path>.png          the defect mask at the image's own size (0/255; empty when decided good)
+    predictions.csv           source, frame, score, decision, defect area: appended after every batch,
+                              so a crash or an undecodable frame keeps every row scored before it
+    predictions.json          thresholds, settings, a summary (status complete or failed) and the rows
     <video>_annotated.mp4     for a video: every frame with its overlay and decision
 
-Unreadable images are skipped with a warning and counted in the summary.
+Unreadable images are skipped with a warning and counted in the summary. Files under DIR
+are never taken as inputs (DIR may sit inside the input folder).
 """
 import csv
 import io
@@ -31,7 +37,7 @@ from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive, read
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.calibration import decisions
 from utils.errors import CflowError
-from utils.progress import progress
+from utils.progress import count, progress
 from utils.viz import annotate, heat_overlay
 
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v', '.wmv')
@@ -141,10 +147,11 @@ def video_info(path: str) -> Tuple[int, float]:
         raise CflowError(f'cannot decode video {path} ({exc}): check the file') from None
 
 
-def resolve_input(path: str):
-    """('images', paths) or ('video', path), or a one-line error."""
+def resolve_input(path: str, output_dir: str):
+    """('images', paths) or ('video', path), or a one-line error. Nothing under ``output_dir`` is an input."""
     if os.path.isdir(path):
-        paths = list_images_recursive(path)
+        output = os.path.abspath(output_dir) + os.sep
+        paths = [p for p in list_images_recursive(path) if not os.path.abspath(p).startswith(output)]
         if not paths:
             raise CflowError(f'--input {path} holds no images ({"/".join(IMAGE_EXTENSIONS)})')
         return 'images', paths
@@ -163,10 +170,46 @@ def resolve_input(path: str):
 
 
 def output_name(source: str, frame, root: str) -> str:
-    """A flat, portable file name for an image (its path below the input folder) or a video frame."""
+    """The input's path below the input folder (or its file name), extension kept, + '.png'; a video
+    frame: <video file name>/<frame>.png. Distinct inputs get distinct names (x.png / x.jpg, a/b.png /
+    a__b.png), and only characters that are unsafe in a file name on some platform are replaced."""
     relative = os.path.relpath(source, root) if os.path.isdir(root) else os.path.basename(source)
-    stem = os.path.splitext(relative)[0].replace(os.sep, '__').replace(':', '-')
-    return f'{stem}_{frame:06d}.png' if frame is not None else f'{stem}.png'
+    relative = relative.replace(':', '-')
+    return os.path.join(relative, f'{frame:06d}.png') if frame is not None else f'{relative}.png'
+
+
+def default_output_dir(input_path: str) -> str:
+    """predict's own folder when --output-dir is left out: predictions/<input name>."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(input_path))) or 'input'
+    return os.path.join('predictions', name)
+
+
+class PredictionTable:
+    """predictions.csv, appended one batch at a time (one write, flushed to disk), so every scored row
+    survives a crash or a later failure; the header is written once, at the start."""
+
+    FIELDS = ['source', 'frame', 'score', 'decision', 'defect_pixels', 'defect_fraction', 'overlay', 'mask']
+
+    def __init__(self, path: str):
+        self.path, self.rows = path, 0
+        atomic_write_text(path, ','.join(self.FIELDS) + '\n')
+
+    def append(self, rows: List[dict]) -> None:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=self.FIELDS).writerows(rows)
+        try:
+            with open(self.path, 'a', newline='') as f:
+                f.write(buffer.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise CflowError(f'cannot append to {self.path} ({exc.strerror}): free some disk space (the rows '
+                             f'written so far are kept)') from None
+        self.rows += len(rows)
+
+    def read(self) -> Iterator[dict]:
+        with open(self.path, newline='') as f:
+            yield from csv.DictReader(f)
 
 
 def save_png(path: str, image: Image.Image) -> None:
@@ -255,7 +298,9 @@ def writable_output_dir(folder: str) -> None:
 
 
 def run_predict(c) -> dict:
-    kind, source = resolve_input(c.input)
+    if 'output_dir' not in c.given:
+        c.output_dir = default_output_dir(c.input)
+    kind, source = resolve_input(c.input, c.output_dir)
     writable_output_dir(c.output_dir)
     model, calibration = open_model(c)
     t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
@@ -268,9 +313,10 @@ def run_predict(c) -> dict:
         batches = video_batches(c, source)
         video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}'
                                                        f'_annotated.mp4'), fps)
-    rows, skipped = [], []
+    table = PredictionTable(os.path.join(c.output_dir, 'predictions.csv'))
+    skipped, counts = [], {'scored': 0, 'defective': 0}
     start = time.time()
-    ok = False
+    status, error = 'failed', None
     writer = BackgroundWriter()
     try:
         for images, items in progress(batches, total=-(-total // c.batch_size) if total else None, desc='predict'):
@@ -283,6 +329,7 @@ def run_predict(c) -> dict:
                 continue
             maps, scores = model(images[keep])
             defective = decisions(scores, calibration)
+            rows = []
             for j, i in enumerate(keep):
                 src, frame, display, size = items[i]
                 name = output_name(src, frame, c.input)
@@ -298,32 +345,48 @@ def run_predict(c) -> dict:
                              'decision': 'defective' if defective[j] else 'good', 'defect_pixels': int(mask.sum()),
                              'defect_fraction': float(mask.mean()), 'overlay': os.path.join('overlays', name),
                              'mask': os.path.join('masks', name)})
+            table.append(rows)
+            counts['scored'] += len(rows)
+            counts['defective'] += int(np.sum(defective))
         writer.close()
-        ok = True
+        status = 'complete'
+    except KeyboardInterrupt:
+        status = 'interrupted'
+        raise
+    except CflowError as exc:
+        error = str(exc)
+        raise
     finally:
-        if not ok:
+        if status != 'complete':
             writer.abort()
         if video is not None:
-            video.close(ok)
-    seconds = time.time() - start
-    summary = {'scored': len(rows), 'defective': sum(r['decision'] == 'defective' for r in rows),
-               'skipped': len(skipped), 'seconds': seconds, 'images_per_second': len(rows) / max(seconds, 1e-9)}
-    write_predictions(c, rows, skipped, summary, calibration, video.path if video else None)
-    print(f'Predicted {summary["scored"]} {"frames" if kind == "video" else "images"}: {summary["defective"]} '
+            video.close(status == 'complete')
+        seconds = time.time() - start
+        summary = {'status': status, **counts, 'skipped': len(skipped), 'seconds': seconds,
+                   'images_per_second': counts['scored'] / max(seconds, 1e-9), **({'error': error} if error else {})}
+        write_predictions(c, table, skipped, summary, calibration, video.path if video and status == 'complete'
+                          else None)
+        if status != 'complete':
+            print(f'Predict stopped after {counts["scored"]} scored inputs; their rows are kept in {table.path}')
+    print(f'Predicted {count(summary["scored"], "frame" if kind == "video" else "image")}: {summary["defective"]} '
           f'defective, {summary["skipped"]} skipped (unreadable), {summary["images_per_second"]:.1f} img/s; '
-          f'results in {os.path.join(c.output_dir, "predictions.csv")}')
-    return {'rows': rows, 'skipped': skipped, 'summary': summary}
+          f'results in {table.path}')
+    return {'rows': list(table.read()), 'skipped': skipped, 'summary': summary, 'output_dir': c.output_dir}
 
 
-def write_predictions(c, rows, skipped, summary, calibration, video_path) -> None:
-    fields = ['source', 'frame', 'score', 'decision', 'defect_pixels', 'defect_fraction', 'overlay', 'mask']
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(os.path.join(c.output_dir, 'predictions.csv'), buffer.getvalue())
-    report = {'checkpoint': c.checkpoint, 'input': c.input, 'settings': calibration['settings'],
+def write_predictions(c, table: PredictionTable, skipped, summary, calibration, video_path) -> None:
+    """predictions.json: the header fields, then the rows streamed from the table (memory stays flat)."""
+    header = {'checkpoint': c.checkpoint, 'input': c.input, 'settings': calibration['settings'],
               'image_threshold': calibration['image_threshold'], 'pixel_threshold': calibration['pixel_threshold'],
               'calibration_source': calibration['source'], 'summary': summary, 'skipped': skipped,
-              'annotated_video': video_path, 'predictions': rows}
-    atomic_write_text(os.path.join(c.output_dir, 'predictions.json'), json.dumps(report, indent=1))
+              'annotated_video': video_path}
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(json.dumps(header, indent=1)[:-2] + ',\n "predictions": [')
+            for k, row in enumerate(table.read()):
+                row = {**row, 'frame': int(row['frame']) if row['frame'] else '', 'score': float(row['score']),
+                       'defect_pixels': int(row['defect_pixels']), 'defect_fraction': float(row['defect_fraction'])}
+                f.write((',' if k else '') + '\n  ' + json.dumps(row))
+            f.write('\n ]\n}\n')
+    atomic_write(os.path.join(c.output_dir, 'predictions.json'), write)

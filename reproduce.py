@@ -37,6 +37,19 @@ class Job:
     run: int
     model: str
     argv: List[str]  # main.py's flags
+    signature: Optional[dict] = None  # the settings its results must record (utils.results.SIGNATURE)
+
+
+def expected_signature(argv: List[str]) -> dict:
+    """The settings main.py will record for ``argv``: derived by main.py's own code, so its
+    defaults (the seed from -run, the demo's sizes, the data folder) count too."""
+    import contextlib
+    import io
+    from config import build_parser, derive, given_flags
+    from utils.results import run_signature
+    with contextlib.redirect_stdout(io.StringIO()):
+        c = derive(build_parser().parse_args(argv + ['--no-cuda']), given_flags(argv))
+    return run_signature(vars(c))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,7 +100,14 @@ def overrides(a) -> List[str]:
 
 
 def plan_jobs(a, preset) -> List[Job]:
-    """Every (class, run) of the preset, with main.py's flags."""
+    """Every (class, run) of the preset, with main.py's flags and the settings its results must show."""
+    jobs = plan_argv(a, preset)
+    for job in jobs:
+        job.signature = expected_signature(job.argv)
+    return jobs
+
+
+def plan_argv(a, preset) -> List[Job]:
     common = ['--dataset', a.dataset, '--output-dir', a.output_dir] + overrides(a)
     if a.data_path:
         common += ['--data-path', a.data_path]
@@ -120,12 +140,14 @@ def plan_checkpoint_jobs(a, preset, common: List[str]) -> List[Job]:
     return jobs
 
 
-def is_complete(results_dir: str, model: str) -> bool:
-    """Whether a results JSON of this run says complete (truncated or unfinished ones do not)."""
-    from utils.results import read_results
-    for path in glob.glob(os.path.join(glob.escape(results_dir), f'{glob.escape(model)}_*.json')):
+def is_complete(results_dir: str, job: Job) -> bool:
+    """Whether a complete results JSON of this run has every setting of ``job.signature`` (a run of
+    the same name with another schedule, data or encoder does not count)."""
+    from utils.results import read_results, run_signature
+    for path in glob.glob(os.path.join(glob.escape(results_dir), f'{glob.escape(job.model)}_*.json')):
         report = read_results(path)
-        if report is not None and report.get('model') == model and report.get('complete'):
+        if (report is not None and report.get('model') == job.model and report.get('complete')
+                and run_signature(report.get('settings', {})) == job.signature):
             return True
     return False
 
@@ -262,49 +284,90 @@ def run_submitit(a, jobs: List[Job], progress: Progress) -> None:
 # Report
 
 
-def report_matcher(a, preset) -> Callable[[dict], Optional[tuple]]:
-    """(class, run) of a results JSON that belongs to this preset (and overrides), else None."""
-    def expected_input_size(settings: dict) -> Optional[int]:
-        if a.input_size:
-            return a.input_size
-        if isinstance(preset.input_size, dict):
-            return preset.input_size.get(settings.get('class_name'))
-        return preset.input_size
+def report_matcher(a, preset, jobs: Optional[List[Job]]) -> Callable[[dict], Optional[tuple]]:
+    """(class, run) of a results JSON whose recorded settings are those of that job, else None.
+    ``jobs`` None: the released-checkpoint preset without --checkpoints (any norm-test of the dataset)."""
+    from utils.results import run_signature
+    expected = {(job.class_name, job.run): job.signature for job in jobs or []}
 
     def match(report: dict) -> Optional[tuple]:
         s = report.get('settings', {})
-        if preset.action == 'norm-test':  # the released checkpoints: whatever settings their names state
-            folder = os.path.abspath(a.checkpoints) if a.checkpoints else None
-            if (s.get('action_type') == 'norm-test' and s.get('dataset') == a.dataset
-                    and (folder is None or os.path.dirname(os.path.abspath(s.get('checkpoint', ''))) == folder)):
-                return s['class_name'], s['run_name']
-            return None
-        expected = {'enc_arch': preset.enc, 'dec_arch': preset.dec, 'action_type': preset.action,
-                    'pool_layers': preset.pool_layers, 'coupling_blocks': preset.coupling_blocks,
-                    'input_size': expected_input_size(s), 'dataset': a.dataset}
-        if all(s.get(k) == v for k, v in expected.items()):
-            return s['class_name'], s['run_name']
-        return None
+        key = (s.get('class_name'), s.get('run_name'))
+        if jobs is None:
+            return key if s.get('action_type') == 'norm-test' and s.get('dataset') == a.dataset else None
+        return key if key in expected and run_signature(s) == expected[key] else None
     return match
 
 
-def write_preset_report(a, preset, results_dir: str, out_dir: str) -> Dict[str, str]:
+def explain_no_match(results_dir: str, jobs: List[Job]) -> str:
+    """What complete results there are for the preset's classes and runs, and which settings differ."""
+    from collections import Counter
+    from utils.report import complete_reports
+    from utils.results import run_signature, signature_differences
+    expected = {(job.class_name, job.run): job.signature for job in jobs}
+    differing, others = Counter(), 0
+    for report in complete_reports(results_dir):
+        s = report.get('settings', {})
+        key = (s.get('class_name'), s.get('run_name'))
+        if key in expected:
+            differing.update(signature_differences(expected[key], run_signature(s)))
+        else:
+            others += 1
+    if differing:
+        found = sum(1 for _ in complete_reports(results_dir)) - others
+        return (f'found {found} complete run(s) of these classes and runs with other settings: '
+                + '; '.join(f'{d} in {n}' for d, n in differing.most_common(6)))
+    return f'found {others} complete run(s), none of these classes and runs' if others else 'found no complete runs'
+
+
+def not_published_notes(runs: Dict[tuple, dict], preset) -> List[str]:
+    """Why these runs are not the published setting, from the settings they recorded."""
+    reasons = set()
+    for (class_name, _), report in runs.items():
+        s = report.get('settings', {})
+        source = s.get('encoder_source', s.get('encoder_weights'))
+        if source == 'none':
+            reasons.add('random-init encoder')
+        elif source not in (None, 'imagenet', 'checkpoint'):
+            reasons.add(f'encoder weights from {source}')
+        if s.get('dataset') != 'mvtec':
+            reasons.add('stand-in data (--dataset demo)' if s.get('dataset') == 'demo' else f'dataset {s.get("dataset")}')
+        if s.get('action_type') == 'norm-train':
+            for key, published in (('meta_epochs', 25), ('sub_epochs', 8), ('batch_size', 32), ('lr', 2e-4)):
+                if s.get(key) != published:
+                    reasons.add(f'{key.replace("_", "-")} {s.get(key)} (published {published})')
+            if class_name in MVTEC_CLASS_NAMES and s.get('input_size') != preset.input_for(class_name):
+                reasons.add(f'-inp {s.get("input_size")} for {class_name} (published {preset.input_for(class_name)})')
+    if not reasons:
+        return []
+    return [f'**not the published setting** ({"; ".join(sorted(reasons))}): the differences are not a '
+            f'reproduction verdict']
+
+
+def write_preset_report(a, preset, results_dir: str, out_dir: str, jobs: Optional[List[Job]] = None) -> Dict[str, str]:
     from utils.presets import published_numbers
-    from utils.report import collect_runs, summarise, write_report
-    runs = collect_runs(results_dir, report_matcher(a, preset))
+    from utils.report import collect_runs, missing_notes, summarise, write_report
+    if jobs is None and not (preset.action == 'norm-test' and not a.checkpoints):
+        jobs = plan_jobs(a, preset)
+    runs = collect_runs(results_dir, report_matcher(a, preset, jobs))
     if not runs:
-        raise CflowError(f'no complete results of --preset {preset.name} (dataset {a.dataset}) in {results_dir}')
+        found = explain_no_match(results_dir, jobs) if jobs else 'found none'
+        raise CflowError(f'no complete results of --preset {preset.name} (dataset {a.dataset}) in {results_dir} '
+                         f'match its settings: {found}; pass the same flags as the runs (or rerun them)')
     classes = sorted({c for c, _ in runs}, key=lambda c: (c not in MVTEC_CLASS_NAMES, MVTEC_CLASS_NAMES.index(c)
                                                           if c in MVTEC_CLASS_NAMES else 0, c))
     rows = summarise(runs, classes, published_numbers(preset.name))
     notes = [f'preset `{preset.name}`: {preset.description}',
              f'{len(runs)} complete runs over {len(classes)} classes, dataset `{a.dataset}`; std = sample std over runs',
+             'runs are matched on every setting that changes a number (utils/results.py SIGNATURE), not on the name',
              'published: CFLOW-AD, WACV 2022 (utils/published.json); diff = ours (max over epochs) - published']
     changed = overrides(a)[:] + (['-inp', str(a.input_size)] if a.input_size else [])
-    if changed or a.dataset != 'mvtec':
-        notes.append(f'**not the published setting** ({" ".join(changed) or "other data"}): '
-                     'the differences are not a reproduction verdict')
-    return write_report(out_dir, f'CFLOW-AD reproduction: {preset.name}', rows, notes)
+    notes += missing_notes(rows, len(classes))
+    recorded = not_published_notes(runs, preset)
+    if changed and not recorded:
+        recorded = [f'**not the published setting** ({" ".join(changed)}): the differences are not a reproduction '
+                    f'verdict']
+    return write_report(out_dir, f'CFLOW-AD reproduction: {preset.name}', rows, notes + recorded)
 
 
 # ----------------------------------------------------------------------------------
@@ -345,7 +408,7 @@ def main(argv=None) -> int:
 def reproduce(a, preset) -> int:
     jobs = plan_jobs(a, preset)
     results_dir = os.path.join(a.output_dir, 'results')
-    todo = [job for job in jobs if not is_complete(results_dir, job.model)]
+    todo = [job for job in jobs if not is_complete(results_dir, job)]
     print(f'{preset.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already complete, {len(todo)} to do')
     if a.dataset == 'demo':  # generate each stand-in class once, before runs share it
         from custom_datasets.synthetic import make_demo_class
@@ -361,8 +424,8 @@ def reproduce(a, preset) -> int:
             run_local(todo, slots, os.path.join(a.output_dir, 'logs'), progress)
         if progress.failed:
             print(f'{len(progress.failed)} of {len(todo)} runs failed; run the same command again to retry them')
-    if any(is_complete(results_dir, job.model) for job in jobs):
-        files = write_preset_report(a, preset, results_dir, a.output_dir)
+    if any(is_complete(results_dir, job) for job in jobs):
+        files = write_preset_report(a, preset, results_dir, a.output_dir, jobs)
         print(f'Report: {files["md"]}, {files["csv"]}, {files["png"]}')
     return 1 if todo and progress.failed else 0
 

@@ -10,6 +10,7 @@ import functools
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -26,13 +27,15 @@ from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
 from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
+from utils.decoder_adam import make_stepper
 from utils.calibration import CALIBRATION_KEY, decision_quality, f1_optimal_threshold
 from utils.checkpoint import load_checkpoint_decoders, load_checkpoint_encoder, read_checkpoint, save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
 from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
-from utils.progress import progress
+from utils.progress import count, progress
 from utils.schedule import cosine_lr, set_lr, warmup_lr
+from utils.threads import ThreadPolicy
 
 
 def seed_everything(seed: int) -> None:
@@ -80,8 +83,13 @@ def check_finite_loss(mean_loss: float, epoch: int, sub_epoch: int) -> None:
 
 
 def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optimizer,
-                     step_log: Optional[list] = None) -> float:
+                     step_log: Optional[list] = None, threads=None) -> float:
     """One meta epoch of ``c.sub_epochs`` passes; returns the last sub-epoch's mean loss.
+
+    ``optimizer`` is the published one Adam over all decoders; ``c.adam`` says how it is
+    stepped (``utils/decoder_adam.py``: fused kernel by default, the published kernel, or
+    the idle decoders' steps deferred).
+    ``threads``, when given, is a ``utils.threads.ThreadPolicy``, re-checked between steps.
 
     ``step_log``, when given, receives (mean loss, lr) of every optimizer step (a host
     sync per step: for tests against the published trajectory, not for real runs).
@@ -89,37 +97,49 @@ def train_meta_epoch(c, epoch: int, loader: DataLoader, encoder, decoders, optim
     """
     for decoder in decoders:
         decoder.train()
-    set_lr(optimizer, cosine_lr(c.lr, epoch, c.meta_epochs))
+    stepper = make_stepper(getattr(c, 'adam', 'fused'), optimizer, [list(d.parameters()) for d in decoders])
+    set_lr(stepper, cosine_lr(c.lr, epoch, c.meta_epochs))
+    mean_loss = float('nan')
+    try:
+        for sub_epoch in range(c.sub_epochs):
+            mean_loss = train_sub_epoch(c, epoch, sub_epoch, loader, encoder, decoders, stepper, step_log, threads)
+    finally:  # every waiting idle step applied before anything reads the weights, also on Ctrl-C
+        stepper.flush()
+    return mean_loss
+
+
+def train_sub_epoch(c, epoch: int, sub_epoch: int, loader, encoder, decoders, stepper,
+                    step_log: Optional[list], threads) -> float:
+    """One pass over the training images: the published steps, per image batch and pool layer."""
     n_batches = len(loader)
     N = c.fiber_batch
-    mean_loss = float('nan')
-    for sub_epoch in range(c.sub_epochs):
-        loss_sum = torch.zeros((), device=c.device, dtype=torch.float64)
-        loss_count = 0
-        bar = progress(loader, total=n_batches, desc=f'train epoch {epoch}.{sub_epoch}')
-        for i, (image, _, _) in enumerate(bar):
-            warm = warmup_lr(c.lr, c.meta_epochs, epoch, i + sub_epoch * n_batches, n_batches * c.sub_epochs)
-            if warm is not None:
-                set_lr(optimizer, warm)
-            with torch.no_grad():
-                taps = encoder(image.to(c.device, non_blocking=True))
-            for feature_map, decoder in zip(taps, decoders):
-                fibers, positions = to_fibers(feature_map, c.condition_vec)
-                perm = torch.randperm(fibers.shape[0]).to(c.device)
-                for f in range(fibers.shape[0] // N):
-                    idx = perm[f * N:(f + 1) * N]
-                    log_prob = log_likelihood(decoder, fibers[idx], positions[idx])
-                    loss = nll_loss(log_prob)
-                    optimizer.zero_grad(set_to_none=False)
-                    loss.mean().backward()
-                    optimizer.step()
-                    if step_log is not None:
-                        step_log.append((loss.detach().mean().item(), optimizer.param_groups[0]['lr']))
-                    loss_sum += loss.detach().sum()
-                    loss_count += loss.shape[0]
-        mean_loss = loss_sum.item() / max(loss_count, 1)
-        check_finite_loss(mean_loss, epoch, sub_epoch)
-        print(f'Epoch: {epoch:d}.{sub_epoch:d} \t train loss: {mean_loss:.4f}, lr={optimizer.param_groups[0]["lr"]:.6f}')
+    loss_sum = torch.zeros((), device=c.device, dtype=torch.float64)
+    loss_count = 0
+    bar = progress(loader, total=n_batches, desc=f'train epoch {epoch}.{sub_epoch}')
+    for i, (image, _, _) in enumerate(bar):
+        warm = warmup_lr(c.lr, c.meta_epochs, epoch, i + sub_epoch * n_batches, n_batches * c.sub_epochs)
+        if warm is not None:
+            set_lr(stepper, warm)
+        with torch.no_grad():
+            taps = encoder(image.to(c.device, non_blocking=True))
+        for layer, (feature_map, decoder) in enumerate(zip(taps, decoders)):
+            fibers, positions = to_fibers(feature_map, c.condition_vec)
+            perm = torch.randperm(fibers.shape[0]).to(c.device)
+            for f in range(fibers.shape[0] // N):
+                idx = perm[f * N:(f + 1) * N]
+                stepper.prepare(layer)  # includes zero_grad(set_to_none=False), as in torch 1.8
+                loss = nll_loss(log_likelihood(decoder, fibers[idx], positions[idx]))
+                loss.mean().backward()
+                stepper.step(layer)
+                if step_log is not None:
+                    step_log.append((loss.detach().mean().item(), stepper.param_groups[0]['lr']))
+                loss_sum += loss.detach().sum()
+                loss_count += loss.shape[0]
+                if threads is not None:
+                    threads.adjust()  # a clock read; the load itself is measured every second or so
+    mean_loss = loss_sum.item() / max(loss_count, 1)
+    check_finite_loss(mean_loss, epoch, sub_epoch)
+    print(f'Epoch: {epoch:d}.{sub_epoch:d} \t train loss: {mean_loss:.4f}, lr={stepper.param_groups[0]["lr"]:.6f}')
     return mean_loss
 
 
@@ -240,10 +260,12 @@ def build_model(c):
         from utils.model_file import read_compact
         loaded = read_compact(c.checkpoint)
         encoder, decoders, c.calibration = loaded.encoder, loaded.decoders, loaded.calibration
+        c.encoder_source = 'checkpoint'
         print(f'Loading weights from {c.checkpoint}')
     else:
         state = read_checkpoint(c.checkpoint) if c.checkpoint else None
-        encoder = build_encoder(c.enc_arch, c.pool_layers, encoder_weights_choice(c))
+        c.encoder_source = 'checkpoint' if state is not None else encoder_weights_choice(c)  # recorded in results
+        encoder = build_encoder(c.enc_arch, c.pool_layers, 'none' if state is not None else c.encoder_source)
         if state is not None:
             load_checkpoint_encoder(state, c.checkpoint, encoder)
         decoders = build_decoders(c.dec_arch, encoder.pool_dims, c.coupling_blocks)
@@ -255,9 +277,6 @@ def build_model(c):
     if c.device.startswith('cuda'):
         encoder = encoder.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    # PyTorch lets cuDNN convolutions run in TF32 unless told otherwise: full fp32 unless --tf32.
-    torch.backends.cuda.matmul.allow_tf32 = c.tf32
-    torch.backends.cudnn.allow_tf32 = c.tf32
     decoders = [decoder.to(c.device) for decoder in decoders]
     return encoder, decoders
 
@@ -269,14 +288,19 @@ def run(c) -> dict:
     require_defect_pixels(test_set)
     encoder, decoders = build_model(c)
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
-          f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / {len(test_set)} test images')
+          f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / '
+          f'{count(len(test_set), "test image")}')
     test_loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb)
-    optimizer, train_loader = None, None
+    optimizer, train_loader, threads, calibration_paths = None, None, None, None
+    if c.action_type == 'norm-train' and c.calibration_path:
+        from calibrate import calibration_images
+        calibration_paths = calibration_images(c.calibration_path)  # a typo or bad image costs no training
     if c.action_type == 'norm-train':
         check_fiber_count(c, encoder, len(train_set))
         params = [p for decoder in decoders for p in decoder.parameters()]
         optimizer = torch.optim.Adam(params, lr=c.lr)
         train_loader = make_loader(c, train_set, train=True)
+        threads = ThreadPolicy(c.threads)
 
     reserve_run(c)
     observers = {name: ScoreObserver(name) for name in METRIC_NAMES}
@@ -288,7 +312,11 @@ def run(c) -> dict:
             train_loss = None
             if optimizer is not None:
                 print(f'Train meta epoch: {epoch}')
-                train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer)
+                try:
+                    train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer,
+                                                  threads=threads)
+                finally:  # the test pass and whatever runs next in this process get the usual threads
+                    threads.restore()
             scores = score_test_set(c, test_loader, encoder, decoders)
             print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
             maps, image_score, metrics = evaluate(c, scores)
@@ -305,18 +333,18 @@ def run(c) -> dict:
                 print_calibrated(history[-1]['calibrated'])
             write_results(c, observers, history, checkpoints, status='running')
         if optimizer is not None:
-            from calibrate import calibrate_after_training
-            c.calibration = calibrate_after_training(c, encoder, decoders, train_set)
-            history[-1]['calibrated'] = evaluate_calibrated(c, scores, c.calibration)
-            print_calibrated(history[-1]['calibrated'])
             final_path = os.path.join(c.weights_dir, f'{c.model}_{c.run_date}_final.pt')
-            save_checkpoint(final_path, encoder, decoders, extra={CALIBRATION_KEY: c.calibration})
+            save_checkpoint(final_path, encoder, decoders)  # the model first: calibration must not cost it
             checkpoints.append(final_path)
             print(f'Saving final weights to {final_path}')
+            calibrate_final(c, encoder, decoders, train_set, calibration_paths, final_path, scores, history)
     except BaseException as exc:  # Ctrl-C or an error: keep what was done, marked as not complete
         status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
-        write_results(c, observers, history, checkpoints, status=status,
-                      extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
+        files = write_results(c, observers, history, checkpoints, status=status,
+                              extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
+        kept = f'checkpoints {", ".join(checkpoints)}' if checkpoints else 'no checkpoint'
+        print(f'Run {status} after {len(history)} of {c.meta_epochs} tested epochs: kept {files["json"]} '
+              f'(status "{status}") and {kept}; no results .txt line (it is written for complete runs only)')
         raise
     files = write_results(c, observers, history, checkpoints)
     print_summary(c, observers, history)
@@ -328,6 +356,22 @@ def run(c) -> dict:
     print(f'Results in {files["text"]} and {files["json"]}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
             'maps': maps, 'scores': image_score, 'labels': scores.labels}
+
+
+def calibrate_final(c, encoder, decoders, train_set, calibration_paths, final_path: str, scores, history) -> None:
+    """Calibrate the trained model and rewrite its final checkpoint with the calibration; if that
+    fails, the uncalibrated checkpoint stays, and the command that calibrates it is printed."""
+    from calibrate import calibrate_after_training, calibrate_command
+    try:
+        c.calibration = calibrate_after_training(c, encoder, decoders, train_set, calibration_paths)
+    except CflowError as exc:
+        history[-1]['calibration_error'] = user_message(exc)
+        print(f'warning: calibration failed: {user_message(exc)}. The uncalibrated model is kept in {final_path}; '
+              f'calibrate it with: {calibrate_command(c, final_path)}', file=sys.stderr)
+        return
+    save_checkpoint(final_path, encoder, decoders, extra={CALIBRATION_KEY: c.calibration})
+    history[-1]['calibrated'] = evaluate_calibrated(c, scores, c.calibration)
+    print_calibrated(history[-1]['calibrated'])
 
 
 def print_summary(c, observers, history) -> None:

@@ -28,18 +28,14 @@ class AnomalyModel(nn.Module):
                  mean: Sequence[float], std: Sequence[float], calibration: dict):
         super().__init__()
         self.encoder = encoder.eval()
-        self.scorers = [FastFlowScorer(d.eval(), CONDITION_VEC) for d in decoders]
+        # a ModuleList: state_dict(), .to(), .cuda(), .half() reach the flows too
+        self.scorers = nn.ModuleList(FastFlowScorer(d.eval(), CONDITION_VEC) for d in decoders)
         self.input_size = int(input_size)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.log_p_max = [float(m) for m in calibration['log_p_max']]
         self.sum_max = float(calibration['sum_max'])
         self.calibration = calibration
-
-    def to(self, device):
-        super().to(device)
-        self.scorers = [scorer.to(device) for scorer in self.scorers]
-        return self
 
     def log_probs(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Per pool layer, B x h_l x w_l log p / C of images in [0, 1]."""

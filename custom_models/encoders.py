@@ -71,22 +71,17 @@ class FeatureEncoder(nn.Module):
         self.arch = arch
         self.pool_layers = pool_layers
         self.net = net
-        self._captured: List[torch.Tensor] = []
         if arch in RESNETS:
             self.tap_names = list(RESNET_TAPS[-pool_layers:])
         else:
             indices = MOBILENET_TAPS[arch][-pool_layers:]
             self.tap_names = [f'features[{i}]' for i in indices]
+            self._tapped = {len(net) + i for i in indices}
             # Running past the deepest tap only costs time: stop there.
-            self._last_block = len(net) + indices[-1]
-            for i in indices:
-                net[i].block[-1][0].register_forward_hook(self._capture)
+            self._last_block = max(self._tapped)
         if probe:  # tap_shapes builds a weightless twin of this encoder, which must not recurse
             self.pool_dims = [shape[0] for shape in tap_shapes(arch, pool_layers, 64)]
         self.eval().requires_grad_(False)
-
-    def _capture(self, module, inputs, output):
-        self._captured.append(output)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         if self.arch in RESNETS:
@@ -98,11 +93,31 @@ class FeatureEncoder(nn.Module):
                 x = getattr(n, name)(x)
                 taps[name] = x
             return [taps[name] for name in self.tap_names]
-        self._captured = []
-        for block in self.net[:self._last_block + 1]:
-            x = block(x)
-        taps, self._captured = self._captured, []
+        taps = []  # local, not module state: threads sharing one encoder keep their own taps
+        for index, block in enumerate(self.net[:self._last_block + 1]):
+            if index in self._tapped:
+                x, tap = inverted_residual_with_tap(block, x)
+                taps.append(tap)
+            else:
+                x = block(x)
         return taps
+
+
+def inverted_residual_with_tap(block: nn.Module, x: torch.Tensor):
+    """torchvision's InvertedResidual.forward, also returning the output of its last 1x1 projection
+    conv before that conv's BatchNorm (the published tap): the same operations in the same order."""
+    *layers, projection = block.block
+    h = x
+    for layer in layers:
+        h = layer(h)
+    conv, *after = projection  # (Sequential subclasses cannot be sliced)
+    tap = conv(h)
+    h = tap
+    for layer in after:
+        h = layer(h)
+    if block.use_res_connect:
+        h = h + x
+    return h, tap
 
 
 @lru_cache(maxsize=64)

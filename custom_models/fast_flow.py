@@ -27,6 +27,9 @@ from custom_models.flows import CONDITION_VEC, GAUSS_CONST, is_conditional
 from custom_models.positional import position_fibers
 
 
+TENSOR_KEYS = ('w1x', 'w1c', 'b1', 'w2', 'b2', 'w_perm', 'b_perm')
+
+
 class FastFlowScorer(nn.Module):
     """Per-dimension log-likelihood maps of a frozen FrEIA ``SequenceINN``."""
 
@@ -35,7 +38,7 @@ class FastFlowScorer(nn.Module):
         self.conditional = is_conditional(decoder)
         self.condition_vec = condition_vec
         self.channels = decoder.shapes[0][0]
-        self.blocks = []
+        blocks = []
         log_det_const = 0.0
         with torch.no_grad():
             for block in decoder.module_list:
@@ -45,7 +48,7 @@ class FastFlowScorer(nn.Module):
                 lin1, lin2 = block.subnet[0], block.subnet[2]
                 sigma = block.global_scale_activation(block.global_scale).reshape(-1)
                 w_perm = block.w_perm.reshape(self.channels, self.channels)
-                self.blocks.append({
+                blocks.append({
                     'split': s1, 'clamp': float(block.clamp),
                     'w1x': lin1.weight[:, :s1].contiguous(), 'w1c': lin1.weight[:, s1:].contiguous(),
                     'b1': lin1.bias.clone(),
@@ -55,26 +58,37 @@ class FastFlowScorer(nn.Module):
                     'b_perm': F.linear(block.global_offset.reshape(1, -1), w_perm).reshape(-1),
                 })
                 log_det_const = log_det_const + torch.sum(torch.log(sigma))
+        # Buffers, so state_dict(), .to(), .cuda(), .double() and friends see every tensor.
+        self.splits = [b['split'] for b in blocks]
+        self.clamps = [b['clamp'] for b in blocks]
+        for i, b in enumerate(blocks):
+            for name in TENSOR_KEYS:
+                self.register_buffer(f'block{i}_{name}', b[name].detach().clone())
         # a tensor, not a float: torch.compile would specialise on (and recompile for) each value
-        self.log_det_const = log_det_const.detach().reshape(())
-        self._condition_cache: Dict[Tuple[int, int, str], List[torch.Tensor]] = {}
+        self.register_buffer('log_det_const', log_det_const.detach().reshape(()).clone())
+        self._condition_cache: Dict[Tuple[int, int, str, torch.dtype], List[torch.Tensor]] = {}
         self.score_fibers = coupling_log_likelihood  # --compile swaps in a compiled one
 
-    def to(self, device):
-        self.blocks = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()} for b in self.blocks]
-        self.log_det_const = self.log_det_const.to(device)
-        self._condition_cache = {}
-        return self
+    @property
+    def blocks(self) -> List[dict]:
+        """Per block, its split, clamp and tensors (the buffers), as ``coupling_log_likelihood`` takes them."""
+        return [{'split': split, 'clamp': clamp, **{name: getattr(self, f'block{i}_{name}') for name in TENSOR_KEYS}}
+                for i, (split, clamp) in enumerate(zip(self.splits, self.clamps))]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._condition_cache = {}  # cached on the old device or dtype
+        return super()._apply(fn, *args, **kwargs)
 
     def _condition_terms(self, H: int, W: int, device) -> List[torch.Tensor]:
         """Per block, W1c c + b1 for the H*W positions (or b1 alone without a condition)."""
-        key = (H, W, str(device))
+        blocks = self.blocks
+        key = (H, W, str(device), blocks[0]['b1'].dtype)
         if key not in self._condition_cache:
             if self.conditional:
-                positions = position_fibers(self.condition_vec, H, W, str(device))
-                terms = [F.linear(positions, b['w1c'], b['b1']) for b in self.blocks]
+                positions = position_fibers(self.condition_vec, H, W, str(device)).to(blocks[0]['b1'].dtype)
+                terms = [F.linear(positions, b['w1c'], b['b1']) for b in blocks]
             else:
-                terms = [b['b1'].reshape(1, -1) for b in self.blocks]
+                terms = [b['b1'].reshape(1, -1) for b in blocks]
             self._condition_cache[key] = terms
         return self._condition_cache[key]
 
@@ -93,10 +107,11 @@ class FastFlowScorer(nn.Module):
         S = H * W
         terms = self._condition_terms(H, W, feature_map.device)
         fibers = feature_map.permute(0, 2, 3, 1).reshape(B, S, C)
-        out = torch.empty(B, S, device=feature_map.device, dtype=torch.float32)
+        out = torch.empty(B, S, device=feature_map.device, dtype=feature_map.dtype)
         per_chunk = max(1, chunk // S)  # whole images, so the per-position terms broadcast
+        blocks = self.blocks
         for start in range(0, B, per_chunk):
-            out[start:start + per_chunk] = self.score_fibers(fibers[start:start + per_chunk], self.blocks,
+            out[start:start + per_chunk] = self.score_fibers(fibers[start:start + per_chunk], blocks,
                                                              terms, self.log_det_const)
         return out.reshape(B, H, W)
 

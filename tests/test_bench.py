@@ -11,7 +11,8 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
     rows = bench.main(['-enc', 'resnet18', '-inp', '64', '-bs', '2', '-cb', '2', '--batches', '1', '--rounds', '2',
                        '--device', 'cpu', '--pro-maps', '12', '--pro-size', '32', '--loader-images', '4',
                        '--loader-image-size', '64', '--workers', '0', '--predict-images', '4',
-                       '--predict-image-size', '96', '--skip', 'sizes'])
+                       '--predict-image-size', '96', '--skip', 'sizes', '--train-encoders', 'resnet18',
+                       '--train-batch', '8', '--train-rounds', '1'])
     by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
     assert by_name['authors 256-fiber loop'][1] == 'baseline'
     assert re.fullmatch(SPEED, by_name['encoder only'][0]) and re.fullmatch(RATIO, by_name['encoder only'][1])
@@ -28,3 +29,9 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
     assert re.fullmatch(RATIO, onnx[1]) and float(onnx[2].split()[-1]) <= 1e-4  # ONNX = PyTorch to 1e-4
     for name in ('predict command, PyTorch', 'predict command, onnxruntime', 'loading only (2 workers)'):
         assert re.fullmatch(SPEED, by_name[name][0])
+    train = {name: row for name, row in by_name.items() if name.startswith('train resnet18')}
+    assert train['train resnet18 published loop (default Adam kernel)'][1] == 'baseline'
+    for name in ('train resnet18 --adam fused (default)', 'train resnet18 --adam deferred'):
+        speed, ratio, notes = train[name]
+        assert re.fullmatch(SPEED, speed) and re.fullmatch(RATIO, ratio)
+        assert float(re.search(r'final weights ([\d.e+-]+)', notes).group(1)) <= 1e-3

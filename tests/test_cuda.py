@@ -46,7 +46,9 @@ def test_fused_scorer_on_cuda_equals_the_cpu_loop(compile_):
 
 
 def test_deployable_model_on_cuda_equals_the_cpu():
-    """predict's model (normalisation, taps, fused decoders, calibrated maps) on CUDA against the CPU."""
+    """predict's model (normalisation, taps, fused decoders, calibrated maps) on CUDA against the CPU:
+    the per-layer log-likelihoods themselves, and maps calibrated on these images, so that they span
+    their whole range instead of sitting at a constant (where a relative bound proves little)."""
     from custom_models.anomaly_model import AnomalyModel
     from custom_models.encoders import build_encoder
     from custom_models.flows import build_decoders
@@ -54,14 +56,56 @@ def test_deployable_model_on_cuda_equals_the_cpu():
     np.random.seed(0)
     encoder = build_encoder('resnet18', 3, 'none')
     decoders = build_decoders('freia-cflow', encoder.pool_dims, 4)
-    calibration = {'log_p_max': [0.5, 0.5, 0.5], 'sum_max': 3.0}
     images = torch.rand(4, 3, 128, 128)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    args = (encoder, decoders, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     with torch.inference_mode():
-        cpu = AnomalyModel(encoder, decoders, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), calibration).eval()
+        probe = AnomalyModel(*args, {'log_p_max': [0.0] * 3, 'sum_max': 0.0}).eval()
+        log_probs = probe.log_probs(images)
+        shifts = [float(lp.max()) for lp in log_probs]  # m_l, as calibration measures them
+        total = -AnomalyModel(*args, {'log_p_max': shifts, 'sum_max': 0.0}).eval()(images)[0]  # S
+        calibration = {'log_p_max': shifts, 'sum_max': float(total.max())}
+        cpu = AnomalyModel(*args, calibration).eval()
         maps, scores = cpu(images)
-        gpu = AnomalyModel(encoder, decoders, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                           calibration).to('cuda:0').eval()
+        gpu = AnomalyModel(*args, calibration).to('cuda:0').eval()
+        gpu_log_probs = gpu.log_probs(images.cuda())
         gpu_maps, gpu_scores = gpu(images.cuda())
+    assert maps.std() > 0.1 * maps.abs().max()  # a map that varies
+    for ours, theirs in zip(gpu_log_probs, log_probs):
+        assert (ours.cpu() - theirs).abs().max() / theirs.abs().max() < 1e-5
     assert (gpu_maps.cpu() - maps).abs().max() / maps.abs().max() < 1e-4
     assert torch.allclose(gpu_scores.cpu(), scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize('adam', ['fused', 'deferred', 'published'])
+def test_training_on_cuda_follows_the_cpu(adam):
+    """One meta epoch of the published trajectory fixture on CUDA and on the CPU: every step loss,
+    and the final weights (one epoch: too short for float32 differences to grow)."""
+    import copy
+    import os
+    from types import SimpleNamespace
+    from custom_models.flows import build_decoders
+    from train import train_meta_epoch
+    from tests.test_trajectory import TRAJECTORY, TapReplay
+    t = torch.load(TRAJECTORY, weights_only=False)
+    s = t['settings']
+    runs = {}
+    for device in ('cpu', 'cuda:0'):
+        c = SimpleNamespace(lr=s['lr'], meta_epochs=s['meta_epochs'], sub_epochs=s['sub_epochs'],
+                            fiber_batch=s['fiber_batch'], condition_vec=s['condition_vec'], device=device, adam=adam)
+        decoders = build_decoders('freia-cflow', s['channels'], s['coupling_blocks'])
+        for decoder, state in zip(decoders, t['init_decoder_state_dict']):
+            decoder.load_state_dict(state)
+        decoders = [d.to(device) for d in decoders]
+        optimizer = torch.optim.Adam([p for d in decoders for p in d.parameters()], lr=c.lr)
+        taps = [[tap.to(device) for tap in batch] for batch in t['taps']]
+        loader = [(torch.full((s['batch'],), b), None, None) for b in range(s['image_batches'])]
+        torch.manual_seed(s['seed'])
+        steps = []
+        train_meta_epoch(c, 0, loader, TapReplay(taps), decoders, optimizer, step_log=steps)
+        runs[device] = (torch.tensor([l for l, _ in steps], dtype=torch.float64), decoders)
+    (cpu_loss, cpu_decoders), (gpu_loss, gpu_decoders) = runs['cpu'], runs['cuda:0']
+    assert ((gpu_loss - cpu_loss).abs() / cpu_loss.abs()).max() < 1e-4
+    for a, b in zip(gpu_decoders, cpu_decoders):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert (p.detach().cpu() - q.detach()).abs().max() / q.abs().max() < 1e-3

@@ -14,6 +14,7 @@ from custom_models.anomaly_model import AnomalyModel
 from main import main
 from utils.anomaly_map import anomaly_maps, calibrated_maps
 from utils.calibration import CALIBRATION_KEY
+from utils.errors import CflowError
 from utils.model_file import read_model, save_compact
 
 from tests.conftest import REFERENCE
@@ -25,10 +26,13 @@ TRAIN = ['--dataset', 'demo', '-enc', 'resnet18', '-inp', '64', '-bs', '64', '-c
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, demo_root):
-    """A tiny demo model, calibrated on held-out good images (a copy of the test set's good folder)."""
+    """A tiny demo model, calibrated on 16 good images that are neither training nor test images."""
+    from custom_datasets.synthetic import make_demo_class
     root = tmp_path_factory.mktemp('deploy')
     calibration = root / 'calibration'
-    shutil.copytree(os.path.join(demo_root, 'textile', 'test', 'good'), calibration / 'day1')
+    # other good images of the same kind (another data seed): none of them is in the test set
+    other = make_demo_class(str(root / 'other'), seed=1234, n_train=16, n_test_good=1, n_test_defect=1)
+    shutil.copytree(os.path.join(other, 'train', 'good'), calibration / 'day1')
     assert main(TRAIN + ['--data-path', demo_root, '--output-dir', str(root / 'out'),
                          '--calibration-path', str(calibration)]) == 0
     (checkpoint,) = (root / 'out' / 'weights').iterdir()
@@ -55,7 +59,22 @@ def test_trained_checkpoint_keeps_the_authors_format_and_adds_calibration(traine
     assert {'encoder_state_dict', 'decoder_state_dict'} <= set(state) and CALIBRATION_KEY in state
     cal = state[CALIBRATION_KEY]
     assert cal['n_images'] == 16 and 'calibration' in cal['source'] and cal['settings']['input_size'] == 64
-    assert cal['pixel_threshold'] <= cal['image_threshold']
+
+
+def test_stored_thresholds_are_those_of_the_calibration_images(trained):
+    """t_I and t_P recomputed from the deployable model's own maps of the calibration images."""
+    root, checkpoint, _ = trained
+    model, loaded = load(checkpoint)
+    folder = root / 'calibration' / 'day1'
+    images = torch.stack([torch.from_numpy(np.array(Image.open(folder / p).convert('RGB').resize((64, 64), Image.LANCZOS)))
+                          .permute(2, 0, 1).float() / 255 for p in sorted(os.listdir(folder))])
+    with torch.inference_mode():
+        maps, scores = model(images)
+    cal = loaded.calibration
+    top, median = np.quantile(scores.numpy(), 0.99), np.median(scores.numpy())
+    assert cal['image_threshold'] == pytest.approx(top + 0.1 * (top - median), rel=1e-4)
+    assert cal['pixel_threshold'] == pytest.approx(min(cal['image_threshold'], np.quantile(maps.numpy(), 0.999)),
+                                                   rel=1e-4)
 
 
 def test_calibrated_map_of_an_image_does_not_depend_on_the_rest_of_its_batch(trained):
@@ -170,7 +189,10 @@ def test_predict_writes_maps_masks_and_tables_and_skips_unreadable_files(predict
             assert mask.shape == (image.height, image.width)  # masks at the image's own size
         assert (mask > 0).sum() == int(row['defect_pixels']) and (int(row['defect_pixels']) > 0) == defective
         assert os.path.isfile(out / row['overlay'])
-    assert any(r['overlay'].endswith('line2__scratch__000.png') for r in rows)  # nested folders, flat names
+    # the input tree mirrored, extension kept: no two inputs share an output
+    assert any(r['overlay'] == os.path.join('overlays', 'line2', 'scratch', '000.png.png') for r in rows)
+    assert len({r['overlay'] for r in rows}) == len(rows) and len({r['mask'] for r in rows}) == len(rows)
+    assert report['summary']['status'] == 'complete' and len(report['predictions']) == len(rows)
     assert sum(r['decision'] == 'defective' for r in rows if 'scratch' in r['source']) >= 6
 
 
@@ -352,3 +374,67 @@ def test_onnx_input_size_must_match(capsys, exported, tmp_path, trained):
     rc, err = run(capsys, ['--action-type', 'predict', '--checkpoint', str(out / 'model.onnx'), '-inp', '128',
                            '--input', trained[2], '--output-dir', str(tmp_path)])
     assert_one_line_error(rc, err, 'takes 64x64 images but -inp is 128')
+
+
+# ----------------------------------------------------------------------------------
+# predict keeps every result, apart
+
+
+def test_predict_gives_every_input_its_own_outputs_and_never_scores_its_own(trained, tmp_path):
+    _, checkpoint, demo_root = trained
+    good = os.path.join(demo_root, 'textile', 'test', 'good')
+    folder = tmp_path / 'in'
+    (folder / 'a').mkdir(parents=True)
+    shutil.copy(os.path.join(good, '000.png'), folder / 'x.png')
+    Image.open(os.path.join(good, '001.png')).save(folder / 'x.jpg')           # same stem, other extension
+    shutil.copy(os.path.join(good, '002.png'), folder / 'a' / 'b.png')
+    shutil.copy(os.path.join(good, '003.png'), folder / 'a__b.png')           # the old flat name of a/b.png
+    args = ['--action-type', 'predict', '--checkpoint', checkpoint, '--input', str(folder), '--no-cuda', '-bs', '2',
+            '--workers', '0']
+    out = folder / 'results'  # inside the input folder
+    for _ in range(2):  # a rerun must not score the first run's overlays and masks
+        assert main(args + ['--output-dir', str(out)]) == 0
+        rows = list(csv.DictReader(open(out / 'predictions.csv')))
+        assert sorted(os.path.relpath(r['source'], folder) for r in rows) == ['a/b.png', 'a__b.png', 'x.jpg', 'x.png']
+    overlays = [np.asarray(Image.open(out / r['overlay'])) for r in rows]
+    assert len({r['overlay'] for r in rows}) == 4 and len({r['mask'] for r in rows}) == 4
+    assert not any(np.array_equal(overlays[0], o) for o in overlays[1:])  # four different pictures
+
+
+def test_predict_without_output_dir_writes_to_a_folder_of_its_own(trained, tmp_path, monkeypatch):
+    _, checkpoint, demo_root = trained
+    monkeypatch.chdir(tmp_path)
+    image = os.path.join(demo_root, 'textile', 'test', 'good', '000.png')
+    assert main(['--action-type', 'predict', '--checkpoint', checkpoint, '--input', image, '--no-cuda',
+                 '--workers', '0']) == 0
+    assert sorted(os.listdir(tmp_path)) == ['predictions']
+    assert os.path.isfile(tmp_path / 'predictions' / '000.png' / 'predictions.csv')
+
+
+def test_predict_keeps_the_rows_scored_before_a_failure(trained, tmp_path, monkeypatch, capsys):
+    import predict
+    _, checkpoint, demo_root = trained
+    real_open = predict.open_model
+
+    def failing_open(c):
+        model, calibration = real_open(c)
+        calls = []
+
+        def run(images):
+            calls.append(1)
+            if len(calls) == 3:
+                raise CflowError('cannot decode frame 4 of the input (simulated)')
+            return model(images)
+        return run, calibration
+    monkeypatch.setattr(predict, 'open_model', failing_open)
+    out = tmp_path / 'out'
+    rc = main(['--action-type', 'predict', '--checkpoint', checkpoint, '--input',
+               os.path.join(demo_root, 'textile', 'test', 'good'), '--output-dir', str(out), '--no-cuda', '-bs', '2',
+               '--workers', '0'])
+    assert rc == 2
+    rows = list(csv.DictReader(open(out / 'predictions.csv')))
+    assert len(rows) == 4  # the two batches scored before the failure
+    report = json.load(open(out / 'predictions.json'))
+    assert report['summary']['status'] == 'failed' and 'frame 4' in report['summary']['error']
+    assert [r['source'] for r in report['predictions']] == [r['source'] for r in rows]
+    assert 'rows are kept' in capsys.readouterr().out

@@ -120,7 +120,9 @@ def test_truncated_results_file_is_redone(resumed, tmp_path, capsys):
     model = json.load(open(victim))['model']
     text = open(victim).read()
     open(victim, 'w').write(text[:len(text) // 2])  # as a crash in the middle of a plain write would leave it
-    assert reproduce.main(runner_args(out)) == 0
+    args = runner_args(out)
+    args[args.index('--data-path') + 1] = str(resumed[0] / 'data')  # the data the runs recorded (a setting)
+    assert reproduce.main(args) == 0
     assert '3 already complete, 1 to do' in capsys.readouterr().out
     assert [r['model'] for r in complete_results(out).values()].count(model) == 1
 

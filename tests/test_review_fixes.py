@@ -16,6 +16,7 @@ from custom_models.encoders import build_encoder
 from main import main
 from utils.results import ScoreObserver, reserve_run
 
+from tests.conftest import REFERENCE
 from tests.test_errors import BASE, assert_one_line_error, run_cli
 
 
@@ -30,14 +31,20 @@ def folder_args(root, *extra):
     return ['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(root)] + BASE + list(extra)
 
 
-def test_gpu_paths_default_to_full_fp32_and_tf32_is_opt_in():
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # PyTorch's cuDNN default
-    c = parse_config(['-enc', 'resnet18', '-inp', '64', '--no-cuda', '--encoder-weights', 'none', '-cb', '1'])
-    train.build_model(c)
-    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-    c.tf32 = True
-    train.build_model(c)
-    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+def test_every_action_runs_full_fp32_unless_tf32(tmp_path):
+    """One arithmetic for training, testing, calibration, predict and export (set when the flags are read)."""
+    checkpoint = os.path.join(REFERENCE, 'cflow_r18', 'checkpoint.pt')
+    deploy = ['-enc', 'resnet18', '--no-cuda', '--checkpoint', checkpoint]
+    for argv in (['-enc', 'resnet18', '-inp', '64', '--no-cuda', '--encoder-weights', 'none', '-cb', '1'],
+                 deploy + ['--action-type', 'norm-test'],
+                 deploy + ['--action-type', 'calibrate', '--calibration-path', str(tmp_path)],
+                 deploy + ['--action-type', 'predict', '--input', str(tmp_path)],
+                 deploy + ['--action-type', 'export', '--output', str(tmp_path / 'm.onnx')]):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # PyTorch's cuDNN default
+        parse_config(argv)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32, argv
+        parse_config(argv + ['--tf32'])
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, argv
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
 

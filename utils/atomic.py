@@ -12,10 +12,36 @@ from typing import Callable, Iterator
 from utils.errors import CflowError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc/self/status); else
+    the set-and-restore dance, done once here at import, before any writer thread exists."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o22)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -32,8 +58,9 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a user's files get the usual mode
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a user's files get the usual mode
         os.replace(tmp, path)
+        fsync_folder(folder)
     except OSError as exc:
         raise CflowError(f'cannot write {path} ({exc.strerror or exc}): free some disk space or pass '
                          f'another --output-dir (the previous version, if any, is untouched)') from None
@@ -55,10 +82,12 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def create_exclusive(path: str, text: str) -> bool:
-    """Write ``text`` to ``path`` only if no file is there; False when one is.
+    """Write ``text`` to ``path`` only if no file is there; False when one is. Either way no reader
+    ever sees ``path`` half-written.
 
-    A hard link of a finished temporary file is exclusive and complete in one step; where
-    the filesystem has no hard links, ``O_EXCL`` creation is the fallback.
+    A hard link of a finished temporary file is exclusive and complete in one step. Where the
+    filesystem has no hard links, an ``O_EXCL`` claim file beside ``path`` makes the claim and
+    ``os.replace`` of the finished temporary file puts it in place.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -66,18 +95,33 @@ def create_exclusive(path: str, text: str) -> bool:
     try:
         with os.fdopen(fd, 'w') as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
         try:
             os.link(tmp, path)
+            fsync_folder(folder)
             return True
         except FileExistsError:
             return False
         except OSError:  # no hard links here
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, 'w') as f:
-                f.write(text)
-            return True
+            return _claim_and_replace(tmp, path, folder)
     finally:
-        os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _claim_and_replace(tmp: str, path: str, folder: str) -> bool:
+    claim = path + '.claim'
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False  # another process is creating it right now
+    try:
+        if os.path.exists(path):
+            return False
+        os.replace(tmp, path)
+        fsync_folder(folder)
+        return True
+    finally:
+        os.remove(claim)

@@ -13,6 +13,11 @@ from tqdm import tqdm
 LOG_INTERVAL = 30.0  # seconds between progress lines in a log
 
 
+def count(n: int, noun: str, plural: str = None) -> str:
+    """'1 image', '2 images'."""
+    return f'{n} {noun if n == 1 else (plural or noun + "s")}'
+
+
 def hms(seconds: float) -> str:
     seconds = int(seconds)
     return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'

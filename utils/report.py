@@ -27,15 +27,22 @@ from utils.results import METRIC_NAMES, read_results
 AVERAGE = 'average'
 
 
+def complete_reports(results_dir: str):
+    """Every results JSON in ``results_dir`` marked complete."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(results_dir), '*.json'))):
+        report = read_results(path)
+        if report is not None and report.get('complete'):
+            yield report
+
+
 def collect_runs(results_dir: str, match: Callable[[dict], Optional[tuple]]) -> Dict[tuple, dict]:
     """{(class, run): report} of the newest complete result of each run that ``match`` accepts.
 
     ``match(report)`` returns the (class, run) of a results JSON of the wanted runs, else None.
     """
     found = {}
-    for path in sorted(glob.glob(os.path.join(glob.escape(results_dir), '*.json'))):
-        report = read_results(path)
-        key = match(report) if report is not None and report.get('complete') else None
+    for report in complete_reports(results_dir):
+        key = match(report)
         if key is not None and (key not in found or report['date'] > found[key]['date']):
             found[key] = report
     return found
@@ -49,30 +56,60 @@ def _mean_std(values: List[float]):
     return float(np.mean(values)), std, len(values)
 
 
+def metric_value(report: dict, metric: str, kind: str) -> Optional[float]:
+    """A run's max ('max') or last-epoch ('last') value of a metric; None where the run never computed it
+    (AUPRO without --pro: older files wrote its max as 0)."""
+    last = report.get('last', {}).get(metric)
+    if last is None:
+        return None
+    return last if kind == 'last' else report['max'][metric]['value']
+
+
 def summarise(runs: Dict[tuple, dict], classes: List[str], published: Dict[str, Dict[str, float]]) -> List[dict]:
-    """One row per (class or average, metric) with ours (max/last, mean/std), published and diff."""
+    """One row per (class or average, metric) with ours (max/last, mean/std), published and diff.
+
+    A run without a metric is left out of that metric's rows (``missing`` counts them), never
+    counted as 0; the average is over the classes that have the metric."""
     rows = []
     for metric in METRIC_NAMES:
         per_class_runs = {cls: {run: r for (c, run), r in runs.items() if c == cls} for cls in classes}
-        if not any(r['last'].get(metric) is not None for r in runs.values()):
-            continue  # this metric was not computed (no --pro)
+        have = {cls: {run: r for run, r in per_class.items() if metric_value(r, metric, 'last') is not None}
+                for cls, per_class in per_class_runs.items()}
+        if not any(have.values()):
+            continue  # this metric was not computed at all (no --pro)
         class_means = {}
         for cls in classes:
-            reports = list(per_class_runs[cls].values())
-            best = _mean_std([r['max'][metric]['value'] for r in reports])
-            last = _mean_std([r['last'][metric] for r in reports])
-            class_means[cls] = (best[0], last[0])
-            rows.append(_row(cls, metric, best, last, published.get(metric, {}).get(cls)))
-        common = set.intersection(*(set(v) for v in per_class_runs.values())) if classes else set()
-        per_run_avg_best = [np.mean([per_class_runs[c][r]['max'][metric]['value'] for c in classes]) for r in common]
-        per_run_avg_last = [np.mean([per_class_runs[c][r]['last'][metric] for c in classes]) for r in common]
+            reports = list(have[cls].values())
+            best = _mean_std([metric_value(r, metric, 'max') for r in reports])
+            last = _mean_std([metric_value(r, metric, 'last') for r in reports])
+            if reports:
+                class_means[cls] = (best[0], last[0])
+            row = _row(cls, metric, best, last, published.get(metric, {}).get(cls))
+            rows.append({**row, 'missing': len(per_class_runs[cls]) - len(reports)})
+        counted = list(class_means)
+        common = set.intersection(*(set(have[c]) for c in counted)) if counted else set()
+        per_run_avg_best = [np.mean([metric_value(have[c][r], metric, 'max') for c in counted]) for r in common]
+        per_run_avg_last = [np.mean([metric_value(have[c][r], metric, 'last') for c in counted]) for r in common]
         best_mean = float(np.mean([m[0] for m in class_means.values()])) if class_means else float('nan')
         last_mean = float(np.mean([m[1] for m in class_means.values()])) if class_means else float('nan')
         best_std = _mean_std(per_run_avg_best)[1]
         last_std = _mean_std(per_run_avg_last)[1]
-        rows.append(_row(AVERAGE, metric, (best_mean, best_std, len(common)), (last_mean, last_std, len(common)),
-                         published_average(published.get(metric, {}), classes)))
+        row = _row(AVERAGE, metric, (best_mean, best_std, len(common)), (last_mean, last_std, len(common)),
+                   published_average(published.get(metric, {}), counted))
+        rows.append({**row, 'missing': sum(len(per_class_runs[c]) - len(have[c]) for c in classes),
+                     'classes': len(counted)})
     return rows
+
+
+def missing_notes(rows: List[dict], n_classes: int) -> List[str]:
+    """One line per metric that some runs lack, saying what the average covers."""
+    notes = []
+    for r in rows:
+        if r['class'] == AVERAGE and (r.get('missing') or r.get('classes', n_classes) < n_classes):
+            notes.append(f"{r['metric']}: missing in {r['missing']} run(s) (not computed, e.g. run without --pro); "
+                         f"shown as absent, not 0; the average is over the {r['classes']} of {n_classes} classes "
+                         f"that have it")
+    return notes
 
 
 def published_average(table: Dict[str, float], classes: List[str]) -> Optional[float]:
@@ -108,7 +145,7 @@ def write_report(out_dir: str, title: str, rows: List[dict], notes: List[str]) -
     paths = {k: os.path.join(out_dir, f) for k, f in (('md', 'report.md'), ('csv', 'report.csv'),
                                                        ('png', 'report_diff.png'))}
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ['class'])
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ['class'])
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(paths['csv'], buffer.getvalue())
@@ -127,11 +164,12 @@ def write_report(out_dir: str, title: str, rows: List[dict], notes: List[str]) -
                          f"{_fmt(r['diff_max'], signed=True)} | {_fmt(r['diff_last'], signed=True)} |")
         lines.append('')
     atomic_write_text(paths['md'], '\n'.join(lines))
-    atomic_write(paths['png'], lambda tmp: _plot_differences(rows, title, tmp))
+    warning = next((n for n in notes if n.startswith('**not the published setting**')), None)
+    atomic_write(paths['png'], lambda tmp: _plot_differences(rows, title, tmp, warning))
     return paths
 
 
-def _plot_differences(rows: List[dict], title: str, path: str) -> None:
+def _plot_differences(rows: List[dict], title: str, path: str, warning: Optional[str] = None) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -151,7 +189,9 @@ def _plot_differences(rows: List[dict], title: str, path: str) -> None:
     if not metrics:
         axes[0][0].text(0.5, 0.5, 'no published numbers for these classes', ha='center', va='center')
         axes[0][0].axis('off')
-    fig.suptitle(title)
+    if warning:  # the figure travels without report.md: it carries the warning itself
+        title += '\n' + warning.replace('**', '')
+    fig.suptitle(title, fontsize=9 if warning else None, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=90, format='png')
     plt.close(fig)

@@ -14,6 +14,34 @@ from typing import Dict, List, Optional
 from utils.atomic import atomic_write_text, create_exclusive
 
 METRIC_NAMES = ('DET_AUROC', 'SEG_AUROC', 'SEG_AUPRO')
+# Every setting that changes a number: a results file stands for a run only if all of them match.
+SIGNATURE = ('action_type', 'dataset', 'data_path', 'class_name', 'run_name', 'seed', 'enc_arch', 'dec_arch',
+             'pool_layers', 'coupling_blocks', 'input_size', 'meta_epochs', 'sub_epochs', 'batch_size', 'lr',
+             'encoder_weights', 'pro', 'checkpoint', 'adam', 'tf32', 'bf16')
+PATH_SETTINGS = ('data_path', 'checkpoint', 'encoder_weights')
+LEGACY_VALUES = {'adam': 'published', 'tf32': False, 'bf16': False}  # files from before the flag existed
+FLAG_OF = {'action_type': '--action-type', 'dataset': '--dataset', 'data_path': '--data-path',
+           'class_name': '--class-name', 'run_name': '-run', 'seed': '--seed', 'enc_arch': '-enc',
+           'dec_arch': '-dec', 'pool_layers': '-pl', 'coupling_blocks': '-cb', 'input_size': '-inp',
+           'meta_epochs': '--meta-epochs', 'sub_epochs': '--sub-epochs', 'batch_size': '-bs', 'lr': '--lr',
+           'encoder_weights': '--encoder-weights', 'pro': '--pro', 'checkpoint': '--checkpoint', 'adam': '--adam',
+           'tf32': '--tf32', 'bf16': '--bf16'}
+
+
+def run_signature(settings: dict) -> dict:
+    """The settings of ``SIGNATURE`` (paths made absolute; legacy defaults for missing keys)."""
+    signature = {key: settings.get(key, LEGACY_VALUES.get(key)) for key in SIGNATURE}
+    for key in PATH_SETTINGS:
+        value = signature[key]
+        if isinstance(value, str) and value not in ('', 'none'):
+            signature[key] = os.path.abspath(value)
+    return signature
+
+
+def signature_differences(expected: dict, found: dict) -> List[str]:
+    """'FLAG found X (expected Y)' for every setting that differs."""
+    return [f'{FLAG_OF[key]} {found.get(key)!r} (expected {expected[key]!r})'
+            for key in SIGNATURE if found.get(key) != expected[key]]
 
 
 class ScoreObserver:
@@ -84,10 +112,11 @@ def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], c
 
     Called after every meta epoch with ``status='running'`` and at the end with
     ``'complete'`` (or ``'interrupted'`` / ``'failed'``): only a complete file has
-    ``"complete": true``, which is what the reproduce runner trusts.
+    ``"complete": true``, which is what the reproduce runner trusts, and only a complete run
+    gets the published ``.txt`` line (the authors' collection script takes every one it finds).
     """
     stem = run_stem(c)
-    if history:  # the published line needs at least one tested epoch
+    if history and status == 'complete':  # the authors' collection script reads every .txt: finished runs only
         atomic_write_text(stem + '.txt', summary_line(observers, c.class_name))
     report = {
         'model': c.model,
@@ -97,7 +126,9 @@ def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], c
         'complete': status == 'complete',
         'settings': {k: v for k, v in sorted(vars(c).items())},
         'epochs': history,
-        'max': {name: {'value': o.max_score, 'epoch': o.max_epoch} for name, o in observers.items()},
+        # a metric that was never computed (AUPRO without --pro) is missing (null), not 0
+        'max': {name: {'value': o.max_score if o.last is not None else None, 'epoch': o.max_epoch}
+                for name, o in observers.items()},
         'last': {name: o.last for name, o in observers.items()},
         'checkpoints': checkpoints,
         **(extra or {}),
