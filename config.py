@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'norm-train: the training images, an optimistic threshold)')
     p.add_argument('--input', default=None, metavar='PATH',
                    help='predict: an image, a folder of images (recursively) or a video file')
+    p.add_argument('--scores-only', action='store_true', default=False,
+                   help='predict: write predictions.csv/.json only, no overlays, masks or annotated video '
+                        '(scores and decisions at about the model\'s speed)')
     p.add_argument('--output', default=None, metavar='FILE',
                    help='export: model.onnx (ONNX graph) or model.safetensors (compact file); calibrate: the '
                         'calibrated model file (default: beside --checkpoint, *_calibrated.pt|.safetensors)')

@@ -245,11 +245,18 @@ class BackgroundWriter:
 
 
 def full_size_mask(anomaly_map: np.ndarray, size: Tuple[int, int], threshold: float, defective: bool) -> np.ndarray:
-    """The defect mask at the image's own size: the map resized bilinearly, then A > t_P."""
+    """The defect mask at the image's own size: A > t_P at the model's resolution, resized with
+    nearest neighbours (a bilinear resize of the map could empty the mask of an image decided
+    defective). A defective image's mask is never empty: its peak pixel is kept."""
     if not defective:
         return np.zeros((size[1], size[0]), dtype=bool)
-    resized = Image.fromarray(anomaly_map.astype(np.float32), mode='F').resize(size, Image.BILINEAR)
-    return np.asarray(resized) > threshold
+    mask = Image.fromarray(((anomaly_map > threshold) * 255).astype(np.uint8)).resize(size, Image.NEAREST)
+    mask = np.asarray(mask) > 0
+    if not mask.any():  # a peak thinner than one output pixel (an image smaller than the model's input)
+        row, col = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+        mask = mask.copy()
+        mask[min(size[1] - 1, row * size[1] // anomaly_map.shape[0]), min(size[0] - 1, col * size[0] // anomaly_map.shape[1])] = True
+    return mask
 
 
 class VideoWriter:
@@ -311,8 +318,9 @@ def run_predict(c) -> dict:
     else:
         total, fps = video_info(source)
         batches = video_batches(c, source)
-        video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}'
-                                                       f'_annotated.mp4'), fps)
+        if not c.scores_only:
+            video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}'
+                                                           f'_annotated.mp4'), fps)
     table = PredictionTable(os.path.join(c.output_dir, 'predictions.csv'))
     skipped, counts = [], {'scored': 0, 'defective': 0}
     start = time.time()
@@ -334,17 +342,20 @@ def run_predict(c) -> dict:
                 src, frame, display, size = items[i]
                 name = output_name(src, frame, c.input)
                 mask = full_size_mask(maps[j], size, t_pixel, bool(defective[j]))
-                overlay = annotate(heat_overlay(display, maps[j], vmax=2 * t_image, mask=mask),
-                                   f'score {scores[j]:.3g} / threshold {t_image:.3g}: '
-                                   f'{"DEFECTIVE" if defective[j] else "good"}', bool(defective[j]))
-                writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
-                writer.submit(save_png, os.path.join(mask_dir, name), Image.fromarray((mask * 255).astype(np.uint8)))
-                if video is not None:
-                    video.write(overlay)
-                rows.append({'source': src, 'frame': '' if frame is None else frame, 'score': float(scores[j]),
-                             'decision': 'defective' if defective[j] else 'good', 'defect_pixels': int(mask.sum()),
-                             'defect_fraction': float(mask.mean()), 'overlay': os.path.join('overlays', name),
-                             'mask': os.path.join('masks', name)})
+                row = {'source': src, 'frame': '' if frame is None else frame, 'score': float(scores[j]),
+                       'decision': 'defective' if defective[j] else 'good', 'defect_pixels': int(mask.sum()),
+                       'defect_fraction': float(mask.mean()), 'overlay': '', 'mask': ''}
+                if not c.scores_only:
+                    overlay = annotate(heat_overlay(display, maps[j], vmax=2 * t_image, mask=mask),
+                                       f'score {scores[j]:.3g} / threshold {t_image:.3g}: '
+                                       f'{"DEFECTIVE" if defective[j] else "good"}', bool(defective[j]))
+                    writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
+                    writer.submit(save_png, os.path.join(mask_dir, name),
+                                  Image.fromarray((mask * 255).astype(np.uint8)))
+                    if video is not None:
+                        video.write(overlay)
+                    row.update(overlay=os.path.join('overlays', name), mask=os.path.join('masks', name))
+                rows.append(row)
             table.append(rows)
             counts['scored'] += len(rows)
             counts['defective'] += int(np.sum(defective))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from custom_datasets import build_datasets
 from custom_datasets.common import require_defect_pixels
 from custom_datasets.loaders import ReplayLoader, make_loader
-from custom_models.encoders import build_encoder, imagenet_weights_cached, smallest_input_size, tap_shapes
+from custom_models.encoders import build_encoder, imagenet_weights_cached, input_size_fits, tap_shapes
 from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
@@ -60,18 +60,48 @@ def encoder_weights_choice(c) -> str:
     return 'imagenet'
 
 
+def fibers_fit(enc_arch: str, pool_layers: int, input_size: int, batch_size: int, fiber_batch: int) -> bool:
+    """Whether every tapped map of a batch gives at least one fiber batch of N."""
+    if not input_size_fits(enc_arch, pool_layers, input_size):
+        return False
+    return all(batch_size * H * W >= fiber_batch for _, H, W in tap_shapes(enc_arch, pool_layers, input_size))
+
+
+def working_combination(c, n_train: int):
+    """(-bs, -inp) that trains on ``n_train`` images: the given -inp if some batch size fits it, else
+    the smallest larger standard size; among the batch sizes that fit, the one that drops the fewest
+    images per sub-epoch (the larger on a tie, up to the published 32). None if nothing fits."""
+    sizes = [c.input_size] + [s for s in (128, 192, 256, 320, 384, 448, 512, 640, 768, 1024) if s > c.input_size]
+    for inp in sizes:
+        fitting = [bs for bs in range(1, min(n_train, 32) + 1)
+                   if fibers_fit(c.enc_arch, c.pool_layers, inp, bs, c.fiber_batch)]
+        if fitting:
+            return min(fitting, key=lambda bs: (n_train % bs, -bs)), inp
+    return None
+
+
 def check_fiber_count(c, encoder, n_train: int) -> None:
-    """Fail before training if a batch cannot fill one fiber batch of N at some layer."""
-    if n_train < c.batch_size:
-        raise CflowError(f'the training set has {n_train} images, fewer than -bs/--batch-size {c.batch_size} '
-                         f'(incomplete batches are dropped, as published): lower --batch-size')
-    for name, (C, H, W) in zip(encoder.tap_names, tap_shapes(c.enc_arch, c.pool_layers, c.input_size)):
-        fibers = c.batch_size * H * W
-        if fibers < c.fiber_batch:
-            smallest = smallest_input_size(c.enc_arch, c.pool_layers, -(-c.fiber_batch // c.batch_size))
-            raise CflowError(f'pool layer {name} gives {c.batch_size} x {H} x {W} = {fibers} fibers per image batch, '
-                             f'fewer than one fiber batch of {c.fiber_batch}: raise -bs/--batch-size or '
-                             f'-inp/--input-size (at -bs {c.batch_size}, {c.enc_arch} needs -inp {smallest} or more)')
+    """Fail before training if the images cannot fill the batches, naming a batch size and input size
+    that work for this many images; warn when -bs drops a large share of them every sub-epoch."""
+    fits = fibers_fit(c.enc_arch, c.pool_layers, c.input_size, c.batch_size, c.fiber_batch)
+    if n_train < c.batch_size or not fits:
+        found = working_combination(c, n_train)
+        fix = (f'try -bs {found[0]} -inp {found[1]} (fits {n_train} images, '
+               f'{count(n_train % found[0], "image")} dropped per sub-epoch)' if found else
+               f'no batch size fits {n_train} images with {c.enc_arch}: add training images')
+        if n_train < c.batch_size:
+            raise CflowError(f'the training set has {n_train} images, fewer than -bs/--batch-size {c.batch_size} '
+                             f'(incomplete batches are dropped, as published): {fix}')
+        name, (C, H, W) = next((n, s) for n, s in zip(encoder.tap_names, tap_shapes(
+            c.enc_arch, c.pool_layers, c.input_size)) if c.batch_size * s[1] * s[2] < c.fiber_batch)
+        raise CflowError(f'pool layer {name} gives {c.batch_size} x {H} x {W} = {c.batch_size * H * W} fibers per '
+                         f'image batch, fewer than one fiber batch of {c.fiber_batch}: {fix}')
+    dropped = n_train % c.batch_size
+    if dropped > 0.2 * n_train:
+        found = working_combination(c, n_train)
+        better = f'; -bs {found[0]} -inp {found[1]} drops {count(n_train % found[0], "image")}' if found else ''
+        print(f'Warning: -bs {c.batch_size} trains on {n_train - dropped} of the {n_train} training images per '
+              f'sub-epoch ({dropped} dropped: incomplete batches are dropped, as published){better}')
 
 
 def check_finite_loss(mean_loss: float, epoch: int, sub_epoch: int) -> None:
@@ -284,17 +314,21 @@ def build_model(c):
 def run(c) -> dict:
     """Train (or load) and test as the flags say; write results and checkpoints."""
     train_set, test_set = build_datasets(c)
-    require_both_classes(test_set.y)  # before any training, not after the first epoch
-    require_defect_pixels(test_set)
+    labelled = test_set is not None  # else good images only: no test pass, no metrics
+    if labelled:
+        require_both_classes(test_set.y)  # before any training, not after the first epoch
+        require_defect_pixels(test_set)
     encoder, decoders = build_model(c)
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / '
-          f'{count(len(test_set), "test image")}')
-    test_loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb)
+          f'{count(len(test_set) if labelled else 0, "test image")}')
+    test_loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb) if labelled else None
     optimizer, train_loader, threads, calibration_paths = None, None, None, None
     if c.action_type == 'norm-train' and c.calibration_path:
         from calibrate import calibration_images
         calibration_paths = calibration_images(c.calibration_path)  # a typo or bad image costs no training
+    elif getattr(train_set, 'held_out', None):
+        calibration_paths = train_set.held_out
     if c.action_type == 'norm-train':
         check_fiber_count(c, encoder, len(train_set))
         params = [p for decoder in decoders for p in decoder.parameters()]
@@ -317,6 +351,10 @@ def run(c) -> dict:
                                                   threads=threads)
                 finally:  # the test pass and whatever runs next in this process get the usual threads
                     threads.restore()
+            if not labelled:
+                history.append({'epoch': epoch, 'train_loss': train_loss})
+                write_results(c, observers, history, checkpoints, status='running')
+                continue
             scores = score_test_set(c, test_loader, encoder, decoders)
             print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
             maps, image_score, metrics = evaluate(c, scores)
@@ -348,14 +386,14 @@ def run(c) -> dict:
         raise
     files = write_results(c, observers, history, checkpoints)
     print_summary(c, observers, history)
-    if c.viz:
+    if c.viz and labelled:
         from utils.viz import save_visualizations
         files['viz'] = save_visualizations(c, test_set, maps, image_score, scores.labels, scores.masks,
                                           epoch=history[-1]['epoch'])
         print(f'Visualizations in {files["viz"]}')
-    print(f'Results in {files["text"]} and {files["json"]}')
+    print(f'Results in {", ".join(files[k] for k in ("text", "json") if k in files)}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
-            'maps': maps, 'scores': image_score, 'labels': scores.labels}
+            'maps': maps, 'scores': image_score, 'labels': scores.labels if scores else None}
 
 
 def calibrate_final(c, encoder, decoders, train_set, calibration_paths, final_path: str, scores, history) -> None:
@@ -370,8 +408,9 @@ def calibrate_final(c, encoder, decoders, train_set, calibration_paths, final_pa
               f'calibrate it with: {calibrate_command(c, final_path)}', file=sys.stderr)
         return
     save_checkpoint(final_path, encoder, decoders, extra={CALIBRATION_KEY: c.calibration})
-    history[-1]['calibrated'] = evaluate_calibrated(c, scores, c.calibration)
-    print_calibrated(history[-1]['calibrated'])
+    if scores is not None:  # a labelled test set: the calibrated maps' metrics and decisions
+        history[-1]['calibrated'] = evaluate_calibrated(c, scores, c.calibration)
+        print_calibrated(history[-1]['calibrated'])
 
 
 def print_summary(c, observers, history) -> None:

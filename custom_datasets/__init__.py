@@ -7,7 +7,9 @@ from utils.errors import CflowError
 
 
 def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
-    """(train set or None for norm-test, test set) for the flags in ``c``."""
+    """(train set or None for norm-test, test set) for the flags in ``c``. A folder class without
+    labelled defects gives (train set, None): good images only (``.held_out`` lists the images
+    kept for calibration when there is no --calibration-path)."""
     if c.class_name == 'none':
         from custom_datasets.mvtec import MVTEC_CLASS_NAMES
         choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path'}
@@ -26,10 +28,24 @@ def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
         def make(train):
             return stc_dataset(c.data_path, c.class_name, c.input_size, train, **norm)
     else:
-        from custom_datasets.folder import folder_dataset
+        import os
+        from custom_datasets.folder import class_folder, folder_dataset, good_only_training_set, has_labelled_test
         if c.dataset == 'demo':
             from custom_datasets.synthetic import make_demo_class
             make_demo_class(c.data_path, c.class_name)
+        class_dir = class_folder(c.data_path, c.class_name)
+        if not has_labelled_test(class_dir):  # good images only: train, calibrate, no labelled metrics
+            if not need_train:
+                raise CflowError(f'{class_dir} has no defective test images (test/<defect>/ with masks), which '
+                                 f'{c.action_type} needs for its metrics: score new images with --action-type '
+                                 f'predict instead')
+            train = good_only_training_set(c.data_path, c.class_name, c.input_size, c.seed,
+                                           hold=not c.calibration_path, **norm)
+            held = (f'; {len(train.held_out)} held out (seed {c.seed}) to calibrate on' if train.held_out
+                    else f'; calibrating on {c.calibration_path}')
+            print(f'Notice: {os.path.join(class_dir, "test")} has no defective images, so this run trains on '
+                  f'{len(train)} good images{held} and reports no AUROC/AUPRO (they need labelled defects)')
+            return train, None
 
         def make(train):
             return folder_dataset(c.data_path, c.class_name, c.input_size, train, **norm)

@@ -7,6 +7,8 @@
 """
 import os
 import warnings
+
+import numpy as np
 from typing import List, Optional, Sequence, Tuple
 
 from custom_datasets.common import (IMAGE_EXTENSIONS, LabelledImages, check_mask_sizes, check_readable, list_images,
@@ -53,12 +55,57 @@ def list_split(class_dir: str, train: bool,
     return images, labels, masks
 
 
-def folder_dataset(root: str, class_name: str, input_size: int, train: bool,
-                   extensions: Sequence[str] = IMAGE_EXTENSIONS, **norm) -> LabelledImages:
+def class_folder(root: str, class_name: str) -> str:
     require_dir(root, 'data folder', 'pass --data-path to the folder holding the class folders')
     class_dir = os.path.join(root, class_name)
     if not os.path.isdir(class_dir):
         found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         raise CflowError(f'class folder {class_dir} does not exist; {root} holds: '
                          f'{", ".join(found) if found else "no folders"}')
-    return LabelledImages(*list_split(class_dir, train, extensions), input_size=input_size, train=train, **norm)
+    return class_dir
+
+
+def folder_dataset(root: str, class_name: str, input_size: int, train: bool,
+                   extensions: Sequence[str] = IMAGE_EXTENSIONS, **norm) -> LabelledImages:
+    return LabelledImages(*list_split(class_folder(root, class_name), train, extensions), input_size=input_size,
+                          train=train, **norm)
+
+
+# ----------------------------------------------------------------------------------
+# A class with good images only: train on most, calibrate on a seeded held-out share
+
+HOLD_OUT_SHARE = 0.2   # of the good training images, held out for calibration
+MIN_CALIBRATION = 8    # fewer calibration images give a threshold that means little
+MIN_TRAINING = 8
+
+
+def has_labelled_test(class_dir: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether test/ holds at least one defect folder with images (what AUROC and AUPRO need)."""
+    test_dir = os.path.join(class_dir, 'test')
+    if not os.path.isdir(test_dir):
+        return False
+    return any(d != 'good' and not d.startswith('.') and os.path.isdir(os.path.join(test_dir, d))
+               and list_images(os.path.join(test_dir, d), extensions) for d in os.listdir(test_dir))
+
+
+def hold_out(paths: List[str], seed: int, share: float = HOLD_OUT_SHARE) -> Tuple[List[str], List[str]]:
+    """(training paths, held-out calibration paths): a seeded share, at least ``MIN_CALIBRATION``."""
+    n = len(paths)
+    k = max(MIN_CALIBRATION, int(round(share * n)))
+    if n - k < MIN_TRAINING:
+        raise CflowError(f'{n} good images are too few to train and calibrate: {MIN_CALIBRATION} or more are held '
+                         f'out for calibration and at least {MIN_TRAINING} must remain for training; add images '
+                         f'({MIN_CALIBRATION + MIN_TRAINING} or more in all) or pass --calibration-path DIR')
+    chosen = set(np.random.default_rng(seed).permutation(n)[:k].tolist())
+    return ([p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen])
+
+
+def good_only_training_set(root: str, class_name: str, input_size: int, seed: int, hold: bool,
+                           extensions: Sequence[str] = IMAGE_EXTENSIONS, **norm) -> LabelledImages:
+    """train/good/ of a class without labelled defects; with ``hold``, a seeded share is held out
+    for calibration (listed in ``.held_out``) and not trained on."""
+    images, labels, masks = list_split(class_folder(root, class_name), True, extensions)
+    train, held = hold_out(images, seed) if hold else (images, [])
+    dataset = LabelledImages(train, [0] * len(train), [None] * len(train), input_size=input_size, train=True, **norm)
+    dataset.held_out = held
+    return dataset

@@ -116,8 +116,11 @@ def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], c
     gets the published ``.txt`` line (the authors' collection script takes every one it finds).
     """
     stem = run_stem(c)
-    if history and status == 'complete':  # the authors' collection script reads every .txt: finished runs only
+    files = {'json': stem + '.json'}
+    # the authors' collection script reads every .txt: finished runs with metrics only
+    if history and status == 'complete' and any(o.last is not None for o in observers.values()):
         atomic_write_text(stem + '.txt', summary_line(observers, c.class_name))
+        files['text'] = stem + '.txt'
     report = {
         'model': c.model,
         'date': c.run_date,
@@ -134,7 +137,7 @@ def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], c
         **(extra or {}),
     }
     atomic_write_text(stem + '.json', json.dumps(_json_safe(report), indent=1))
-    return {'text': stem + '.txt', 'json': stem + '.json'}
+    return files
 
 
 def read_results(path: str) -> Optional[dict]:
