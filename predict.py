@@ -16,6 +16,7 @@ Writes under DIR (default: ``predictions/<input name>``), each file atomically:
                               so a crash or an undecodable frame keeps every row scored before it
     predictions.json          thresholds, settings, a summary (status complete or failed) and the rows
     <video>_annotated.mp4     for a video: every frame with its overlay and decision
+    index.html                a static page: every input's overlay, score and decision, defective first
 
 Unreadable images are skipped with a warning and counted in the summary. Files under DIR
 are never taken as inputs (DIR may sit inside the input folder).
@@ -35,13 +36,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive, read_rgb
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
-from utils.calibration import decisions
+from utils.calibration import MASK_PEAK_SHARE, decisions, mask_threshold
 from utils.errors import CflowError
 from utils.progress import count, progress
-from utils.viz import annotate, heat_overlay
+from utils.viz import display_copy, index_html, overlay_picture
 
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v', '.wmv')
-DISPLAY_SIDE = 768  # overlays are drawn at most this large (masks keep the image's own size)
 
 
 # ----------------------------------------------------------------------------------
@@ -90,19 +90,12 @@ class ImageFiles(Dataset):
             image = read_rgb(self.paths[i])
         except CflowError as exc:
             return torch.zeros(3, self.input_size, self.input_size), (self.paths[i], None, None, str(exc))
-        return to_model_input(image, self.input_size), (self.paths[i], None, display_copy(image), image.size)
+        return to_model_input(image, self.input_size), (self.paths[i], None, display_copy(image, minimum=256), image.size)
 
 
 def to_model_input(image: Image.Image, input_size: int) -> torch.Tensor:
     """The published test transform without normalisation (it is inside the model): resize both sides, [0, 1]."""
     return TF.to_tensor(image.resize((input_size, input_size), Image.LANCZOS))
-
-
-def display_copy(image: Image.Image) -> Image.Image:
-    scale = DISPLAY_SIDE / max(image.size)
-    if scale >= 1:
-        return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
 
 
 def collate(batch):
@@ -310,7 +303,7 @@ def run_predict(c) -> dict:
     kind, source = resolve_input(c.input, c.output_dir)
     writable_output_dir(c.output_dir)
     model, calibration = open_model(c)
-    t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
+    t_image = calibration['image_threshold']
     overlay_dir, mask_dir = os.path.join(c.output_dir, 'overlays'), os.path.join(c.output_dir, 'masks')
     video = None
     if kind == 'images':
@@ -341,14 +334,18 @@ def run_predict(c) -> dict:
             for j, i in enumerate(keep):
                 src, frame, display, size = items[i]
                 name = output_name(src, frame, c.input)
-                mask = full_size_mask(maps[j], size, t_pixel, bool(defective[j]))
+                mask = full_size_mask(maps[j], size, mask_threshold(scores[j], calibration), bool(defective[j]))
                 row = {'source': src, 'frame': '' if frame is None else frame, 'score': float(scores[j]),
                        'decision': 'defective' if defective[j] else 'good', 'defect_pixels': int(mask.sum()),
                        'defect_fraction': float(mask.mean()), 'overlay': '', 'mask': ''}
                 if not c.scores_only:
-                    overlay = annotate(heat_overlay(display, maps[j], vmax=2 * t_image, mask=mask),
-                                       f'score {scores[j]:.3g} / threshold {t_image:.3g}: '
-                                       f'{"DEFECTIVE" if defective[j] else "good"}', bool(defective[j]))
+                    t_mask = mask_threshold(scores[j], calibration)
+                    marks = [(t_image, 't_I'), (scores[j], 'score')] + ([(t_mask, 't_M')] if defective[j] else [])
+                    overlay = overlay_picture(
+                        display, maps[j], mask, 2 * t_image, marks,
+                        f'{"DEFECTIVE" if defective[j] else "good"}: score {scores[j]:.3g}, stored image threshold '
+                        f't_I {t_image:.3g}' + (f'; mask: A > t_M {t_mask:.3g}' if defective[j] else ''),
+                        bool(defective[j]))
                     writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
                     writer.submit(save_png, os.path.join(mask_dir, name),
                                   Image.fromarray((mask * 255).astype(np.uint8)))
@@ -377,6 +374,9 @@ def run_predict(c) -> dict:
                    'images_per_second': counts['scored'] / max(seconds, 1e-9), **({'error': error} if error else {})}
         write_predictions(c, table, skipped, summary, calibration, video.path if video and status == 'complete'
                           else None)
+        if not c.scores_only and counts['scored']:
+            atomic_write_text(os.path.join(c.output_dir, 'index.html'),
+                              index_html(table.read(), f'CFLOW-AD predictions: {c.input}', t_image))
         if status != 'complete':
             print(f'Predict stopped after {counts["scored"]} scored inputs; their rows are kept in {table.path}')
     print(f'Predicted {count(summary["scored"], "frame" if kind == "video" else "image")}: {summary["defective"]} '
@@ -389,6 +389,7 @@ def write_predictions(c, table: PredictionTable, skipped, summary, calibration, 
     """predictions.json: the header fields, then the rows streamed from the table (memory stays flat)."""
     header = {'checkpoint': c.checkpoint, 'input': c.input, 'settings': calibration['settings'],
               'image_threshold': calibration['image_threshold'], 'pixel_threshold': calibration['pixel_threshold'],
+              'mask_rule': 'A > max(t_P, t_I + %g (score - t_I))' % calibration.get('mask_peak_share', MASK_PEAK_SHARE),
               'calibration_source': calibration['source'], 'summary': summary, 'skipped': skipped,
               'annotated_video': video_path}
 

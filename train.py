@@ -388,8 +388,13 @@ def run(c) -> dict:
     print_summary(c, observers, history)
     if c.viz and labelled:
         from utils.viz import save_visualizations
-        files['viz'] = save_visualizations(c, test_set, maps, image_score, scores.labels, scores.masks,
-                                          epoch=history[-1]['epoch'])
+        if c.calibration is not None:  # the pictures predict draws: calibrated maps, stored thresholds
+            viz_maps = calibrated_maps(scores.log_probs, c.crp_size, c.calibration)
+            viz_scores = image_scores(viz_maps)
+        else:
+            viz_maps, viz_scores = maps, image_score
+        files['viz'] = save_visualizations(c, test_set, viz_maps, viz_scores, scores.labels, scores.masks,
+                                          epoch=history[-1]['epoch'], calibration=c.calibration)
         print(f'Visualizations in {files["viz"]}')
     print(f'Results in {", ".join(files[k] for k in ("text", "json") if k in files)}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
@@ -415,6 +420,10 @@ def calibrate_final(c, encoder, decoders, train_set, calibration_paths, final_pa
 
 def print_summary(c, observers, history) -> None:
     last = history[-1]
+    if all(o.last is None for o in observers.values()):
+        print(f'Result for {c.class_name} ({c.model}, seed {c.seed}): trained and calibrated; no metrics '
+              f'(no labelled defects to measure them on)')
+        return
     print(f'Result for {c.class_name} ({c.model}, seed {c.seed}):')
     for name, o in observers.items():
         if o.last is None:

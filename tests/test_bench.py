@@ -11,7 +11,7 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
     rows = bench.main(['-enc', 'resnet18', '-inp', '64', '-bs', '2', '-cb', '2', '--batches', '1', '--rounds', '2',
                        '--device', 'cpu', '--pro-maps', '12', '--pro-size', '32', '--loader-images', '4',
                        '--loader-image-size', '64', '--workers', '0', '--predict-images', '4',
-                       '--predict-image-size', '96', '--skip', 'sizes,threads', '--train-encoders', 'resnet18',
+                       '--predict-image-size', '96', '--skip', 'sizes,threads,masks', '--train-encoders', 'resnet18',
                        '--train-batch', '8', '--train-rounds', '1'])
     by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
     assert by_name['authors 256-fiber loop'][1] == 'baseline'

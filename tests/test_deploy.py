@@ -438,3 +438,29 @@ def test_predict_keeps_the_rows_scored_before_a_failure(trained, tmp_path, monke
     assert report['summary']['status'] == 'failed' and 'frame 4' in report['summary']['error']
     assert [r['source'] for r in report['predictions']] == [r['source'] for r in rows]
     assert 'rows are kept' in capsys.readouterr().out
+
+
+def test_predict_index_page_links_every_overlay(predicted):
+    import re
+    _, out, _ = predicted
+    page = (out / 'index.html').read_text()
+    rows = list(csv.DictReader(open(out / 'predictions.csv')))
+    links = re.findall(r'<img src="([^"]+)"', page)
+    assert len(links) == len(rows) and all(os.path.isfile(out / link) for link in links)
+    decisions = re.findall(r'<b>(defective|good)</b>', page)
+    assert decisions == sorted(decisions, key=lambda d: d != 'defective')  # defective first
+    assert '<script' not in page and 'http' not in page
+
+
+def test_predict_index_page_renders_in_a_headless_browser(predicted, tmp_path):
+    import subprocess
+    browser = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
+    if browser is None:
+        pytest.skip('no headless browser installed (the page structure is checked above)')
+    _, out, _ = predicted
+    shot = tmp_path / 'page.png'
+    subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--window-size=900,700',
+                    f'--screenshot={shot}', (out / 'index.html').as_uri()], capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert('RGB'), dtype=np.float32)
+    red = ((pixels[..., 0] > 150) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)).mean()
+    assert pixels.std() > 20 and red > 0.001  # pictures drawn, defective banners (red) among them

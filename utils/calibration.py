@@ -15,8 +15,15 @@ and chooses thresholds from the calibration images alone, never from test labels
     image threshold  t_I = Q_q(scores) + margin * (Q_q(scores) - median(scores)),  q = 0.99, margin = 0.1
     pixel threshold  t_P = min(t_I, Q_p(all calibration pixels of A)),           p = 0.999
 
-An image is defective when its score exceeds t_I; its defect mask is the pixels with A > t_P
-(empty for an image decided good), so a defective decision always has a non-empty mask.
+An image is defective when its score exceeds t_I (empty mask when decided good). Its defect
+mask is drawn relative to its own peak, since one global pixel threshold either floods a faint
+image or clips a strong one:
+
+    mask = A > t_M,   t_M = max(t_P, t_I + MASK_PEAK_SHARE * (score - t_I)),  MASK_PEAK_SHARE = 0.7
+
+so it always holds the peak (a defective decision never has an empty mask), and no label
+chose any of it (0.7: the share measured in issue 15 on exported maps, not tuned here; bench.py
+reports it against the best single threshold chosen with the labels).
 
 Memory is bounded whatever the number of images: S is made ``CHUNK_VALUES`` pixels at a
 time (128 MB of float64), and only what the formulas need is kept: the max of S, each
@@ -33,6 +40,7 @@ import torch
 from utils.anomaly_map import summed_probabilities
 from utils.errors import CflowError
 
+MASK_PEAK_SHARE = 0.7
 IMAGE_QUANTILE = 0.99
 IMAGE_MARGIN = 0.1
 PIXEL_QUANTILE = 0.999
@@ -82,8 +90,15 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
         raise CflowError('calibration gave non-finite constants: the model diverged or the images are unusual')
     return {'log_p_max': log_p_max, 'sum_max': sum_max, 'image_threshold': image_threshold,
             'pixel_threshold': pixel_threshold, 'image_quantile': image_quantile, 'margin': margin,
-            'pixel_quantile': pixel_quantile, 'n_images': int(n), 'source': source,
+            'pixel_quantile': pixel_quantile, 'mask_peak_share': MASK_PEAK_SHARE, 'n_images': int(n), 'source': source,
             'score_median': float(median), 'score_max': float(scores.max()), 'settings': dict(settings)}
+
+
+def mask_threshold(score: float, calibration: dict) -> float:
+    """t_M of an image decided defective: max(t_P, t_I + share * (score - t_I)) (module docstring)."""
+    t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
+    share = calibration.get('mask_peak_share', MASK_PEAK_SHARE)
+    return max(t_pixel, t_image + share * (float(score) - t_image))
 
 
 def decisions(scores: np.ndarray, calibration: dict) -> np.ndarray:

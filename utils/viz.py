@@ -14,30 +14,91 @@ from custom_datasets.common import read_rgb
 _JET = (plt.get_cmap('jet')(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # colour lookup table
 
 
+DISPLAY_SIDE = 768  # pictures are drawn at most this large (masks keep the image's own size)
+BAR_WIDTH = 58      # the colour bar strip beside the picture, with its labels
+LINE_HEIGHT = 12    # one banner line in Pillow's default font
+CHAR_WIDTH = 6
+
+
+def display_copy(image: Image.Image, minimum: int = 0) -> Image.Image:
+    """The image at a size to look at: at most ``DISPLAY_SIDE`` on its long side, and (``minimum``)
+    small images enlarged so that a banner and a colour bar fit beside them."""
+    long_side = max(image.size)
+    scale = min(DISPLAY_SIDE / long_side, max(1.0, minimum / long_side))
+    if scale == 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.BILINEAR if scale < 1 else Image.NEAREST)
+
+
 def heat_overlay(image: Image.Image, anomaly_map: np.ndarray, vmax: float, mask: np.ndarray = None,
                  alpha: float = 0.45) -> Image.Image:
     """``image`` blended with the map in jet colours on a fixed scale 0 .. ``vmax`` (the same for every
-    image, so colours compare across images), the defect mask's outline in white."""
+    image, so colours compare across images); the defect mask as a translucent white fill with a
+    white outline, so the marked region reads at a glance."""
     heat = np.clip(np.asarray(anomaly_map, dtype=np.float32) / max(vmax, 1e-12), 0, 1)
     heat = Image.fromarray((heat * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
     coloured = _JET[np.asarray(heat)]
     blended = (1 - alpha) * np.asarray(image.convert('RGB'), dtype=np.float32) + alpha * coloured
-    out = blended.astype(np.uint8)
     if mask is not None and mask.any():
-        edge = Image.fromarray((mask * 255).astype(np.uint8)).resize(image.size, Image.NEAREST)
-        edge = np.asarray(edge) > 0
-        border = edge & ~(np.roll(edge, 1, 0) & np.roll(edge, -1, 0) & np.roll(edge, 1, 1) & np.roll(edge, -1, 1))
-        out[border] = 255
-    return Image.fromarray(out)
+        inside = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(image.size, Image.NEAREST)) > 0
+        blended[inside] = 0.6 * blended[inside] + 0.4 * 255
+        border = inside & ~(np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1)
+                            & np.roll(inside, -1, 1))
+        blended[border] = 255
+    return Image.fromarray(blended.astype(np.uint8))
 
 
-def annotate(image: Image.Image, text: str, alarm: bool) -> Image.Image:
-    """A caption bar above the image: red for a defective decision, dark grey otherwise."""
+def colour_bar(height: int, vmax: float, marks) -> Image.Image:
+    """A vertical jet scale 0 (bottom) .. vmax (top) with its end values, and a labelled line at each
+    (value, label) of ``marks`` (thresholds), on the picture's own scale."""
     from PIL import ImageDraw
-    bar = 14
-    canvas = Image.new('RGB', (image.width, image.height + bar), (170, 20, 20) if alarm else (40, 40, 40))
-    canvas.paste(image, (0, bar))
-    ImageDraw.Draw(canvas).text((3, 1), text, fill=(255, 255, 255))
+    strip = Image.new('RGB', (BAR_WIDTH, height), (255, 255, 255))
+    ramp = _JET[np.linspace(255, 0, height).astype(int)][:, None, :].repeat(12, axis=1)
+    strip.paste(Image.fromarray(ramp), (2, 0))
+    draw = ImageDraw.Draw(strip)
+    draw.text((16, 0), f'{vmax:.3g}', fill=(0, 0, 0))
+    draw.text((16, height - LINE_HEIGHT), '0', fill=(0, 0, 0))
+    placed = [(int(round((1 - min(max(value / max(vmax, 1e-12), 0), 1)) * (height - 1))), label)
+              for value, label in marks]
+    label_y = LINE_HEIGHT  # labels top-down, never on each other nor on the end values
+    for y, label in sorted(placed):
+        draw.line([(0, y), (15, y)], fill=(0, 0, 0), width=2)
+        label_y = min(max(y - LINE_HEIGHT // 2, label_y), height - 2 * LINE_HEIGHT)
+        draw.text((16, label_y), label, fill=(0, 0, 0))
+        label_y += LINE_HEIGHT
+    return strip
+
+
+def wrap(text: str, width: int) -> list:
+    """Lines of at most ``width`` pixels in Pillow's default font, broken at spaces."""
+    per_line = max(8, width // CHAR_WIDTH)
+    lines, line = [], ''
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > per_line:
+            lines.append(line)
+            line = word
+        else:
+            line = f'{line} {word}' if line else word
+    return lines + [line] if line else lines
+
+
+def overlay_picture(display: Image.Image, anomaly_map: np.ndarray, mask: np.ndarray, vmax: float, marks,
+                    banner: str, alarm: bool) -> Image.Image:
+    """The picture predict and ``norm-test --viz`` both draw: a banner (wrapped to the picture's width,
+    red for a defective decision), the heat overlay with the mask, and a colour bar with the
+    thresholds marked."""
+    from PIL import ImageDraw
+    picture = heat_overlay(display, anomaly_map, vmax, mask)
+    width = picture.width + BAR_WIDTH
+    lines = wrap(banner, width - 4)
+    top = LINE_HEIGHT * len(lines) + 4
+    canvas = Image.new('RGB', (width, picture.height + top), (170, 20, 20) if alarm else (40, 40, 40))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((3, 2 + k * LINE_HEIGHT), line, fill=(255, 255, 255))
+    canvas.paste(picture, (0, top))
+    canvas.paste(colour_bar(picture.height, vmax, marks), (picture.width, top))
     return canvas
 
 
@@ -49,56 +110,65 @@ def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1[:-1])])
 
 
-def display_image(path: str, size) -> np.ndarray:
-    """The test image as shown to the model (resized on both sides), without normalisation."""
-    return np.asarray(read_rgb(path).resize((size[1], size[0]), Image.LANCZOS))
-
-
 def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                        masks: np.ndarray, epoch: int) -> str:
+                        masks: np.ndarray, epoch: int, calibration: dict = None) -> str:
     """Write the figures of the test pass of ``epoch`` into ``c.viz_dir`` and return it.
 
-    Maps are those of the published test-set normalisation; an image's score is the max of
-    its map, so scores and the pixel threshold are on one scale (the colour bar's).
+    Per image, predict's picture (``overlay_picture``) beside the ground truth. With a
+    ``calibration``, ``maps`` are the calibrated ones and the picture shows the stored thresholds
+    (t_I; a defective decision's mask A > t_M), as predict does; without one, the published
+    test-set maps with the F1-optimal pixel and image thresholds chosen on these test labels
+    (an oracle), and the picture says so. The histogram marks each image threshold by name.
     """
     from matplotlib.ticker import MaxNLocator
+    from utils.calibration import f1_optimal_threshold as image_oracle
+    from utils.calibration import mask_threshold
     os.makedirs(c.viz_dir, exist_ok=True)
-    has_defects = masks.any()
-    threshold = f1_optimal_threshold(masks, maps) if has_defects else float(np.quantile(maps, 0.99))
-    threshold_name = 'F1-optimal on this test set' if has_defects else '99% quantile of the maps'
-    vmin, vmax = float(maps.min()), float(maps.max())
+    labelled = bool(labels.any()) and not bool(labels.all())
+    oracle_image = image_oracle(labels, scores) if labelled else None
+    if calibration is not None:
+        t_image = calibration['image_threshold']
+        which = 'stored thresholds (calibration)'
+    else:
+        t_image = oracle_image if oracle_image is not None else float(np.quantile(scores, 0.99))
+        which = 'F1-optimal thresholds on these test labels (oracle)'
+        t_pixel = f1_optimal_threshold(masks, maps) if masks.any() else float(np.quantile(maps, 0.99))
+    vmax = 2 * t_image if t_image > 0 else float(maps.max())
     for i, path in enumerate(dataset.x):
-        image = display_image(path, maps.shape[1:])
-        fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
-        panels = [(image, 'image', {}), (masks[i], 'ground truth', {'cmap': 'gray', 'vmin': 0, 'vmax': 1})]
-        for ax, (data, title, kw) in zip(axes, panels):
-            ax.imshow(data, **kw)
-            ax.set_title(title)
-        axes[2].imshow(image)
-        heat = axes[2].imshow(maps[i], cmap='jet', alpha=0.5, vmin=vmin, vmax=vmax)
-        axes[2].set_title(f'anomaly map, score {scores[i]:.3g}')
-        bar = fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)
-        bar.ax.axhline(threshold, color='black', linewidth=2)
-        segmented = image.copy()
-        segmented[maps[i] > threshold] = (0.5 * segmented[maps[i] > threshold] + [127, 0, 0]).astype(np.uint8)
-        axes[3].imshow(segmented)
-        axes[3].contour(maps[i] > threshold, levels=[0.5], colors='red', linewidths=0.8)
-        axes[3].set_title(f'pixels above {threshold:.3g}')
-        for ax in axes:
-            ax.axis('off')
-        fig.suptitle(f'{c.model}, epoch {epoch}: score = max of the map; the black line on the colour bar is the '
-                     f'pixel threshold ({threshold_name}), on the same scale', fontsize=8)
-        fig.tight_layout()
+        image = display_copy(read_rgb(path), minimum=256)
+        defective = scores[i] > t_image
+        t_mask = mask_threshold(scores[i], calibration) if calibration is not None else t_pixel
+        predicted = maps[i] > t_mask if defective else np.zeros(maps[i].shape, bool)
+        marks = [(t_image, 't_I'), (scores[i], 'score')] + ([(t_mask, 't_M')] if defective else [])
+        picture = overlay_picture(image, maps[i], predicted, vmax, marks,
+                                  f'{"DEFECTIVE" if defective else "good"}: score {scores[i]:.3g} '
+                                  f'{">" if defective else "<="} t_I {t_image:.3g}'
+                                  + (f'; mask: A > t_M {t_mask:.3g}' if defective else '') + f' ({which}, epoch {epoch})',
+                                  defective)
+        truth = Image.fromarray((masks[i] * 255).astype(np.uint8)).resize(image.size, Image.NEAREST).convert('RGB')
+        sheet = Image.new('RGB', (picture.width + truth.width + 6, picture.height), (255, 255, 255))
+        sheet.paste(picture, (0, 0))
+        sheet.paste(truth, (picture.width + 6, picture.height - truth.height))
         defect = os.path.basename(os.path.dirname(path))
         name = os.path.splitext(os.path.basename(path))[0]
-        save_figure(fig, os.path.join(c.viz_dir, f'{i:04d}_{defect}_{name}.png'))
+        from utils.atomic import atomic_write
+        atomic_write(os.path.join(c.viz_dir, f'{i:04d}_{defect}_{name}.png'),
+                     lambda tmp: sheet.save(tmp, format='PNG', compress_level=1))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    bins = np.linspace(min(scores.min(), threshold), max(scores.max(), threshold), 30)
+    marks = [(t, name) for t, name in ((calibration['image_threshold'] if calibration else None,
+                                        'stored image threshold t_I'),
+                                       (oracle_image, 'F1-optimal image threshold (oracle, test labels)'))
+             if t is not None]
+    low = min([scores.min()] + [t for t, _ in marks])
+    high = max([scores.max()] + [t for t, _ in marks])
+    bins = np.linspace(low, high, 30)
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f'good ({int((labels == 0).sum())})')
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f'defective ({int((labels == 1).sum())})')
-    ax.axvline(threshold, color='black', linestyle='--', label=f'pixel threshold {threshold:.3g} ({threshold_name})')
+    for (t, name), style in zip(marks, ('-', '--')):
+        ax.axvline(t, color='black', linestyle=style, label=f'{name}: {t:.3g}')
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel('image anomaly score (max of the map)')
+    ax.set_xlabel('image anomaly score (max of the ' + ('calibrated' if calibration else 'test-set normalised')
+                  + ' map)')
     ax.set_ylabel('images')
     ax.set_title(f'{c.class_name}: image scores at epoch {epoch}')
     ax.legend(fontsize=8)
@@ -112,3 +182,28 @@ def save_figure(fig, path: str) -> None:
     from utils.atomic import atomic_write
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format='png'))
     plt.close(fig)
+
+
+def index_html(rows, title: str, image_threshold: float) -> str:
+    """A static page of predict's results: every input with its overlay as a thumbnail (a relative
+    link, opening the full overlay on click), its score and decision; defective first, then by
+    score, highest first. No script, nothing from elsewhere: it opens from the folder as it is."""
+    from html import escape
+    from urllib.parse import quote
+    ordered = sorted(rows, key=lambda r: (r['decision'] != 'defective', -float(r['score'])))
+    defective = sum(r['decision'] == 'defective' for r in ordered)
+    cards = []
+    for r in ordered:
+        link = quote(r['overlay'].replace(os.sep, '/'))
+        name = r['source'] + (f' frame {r["frame"]}' if r['frame'] not in ('', None) else '')
+        cards.append(f'<figure class="{escape(r["decision"])}"><a href="{link}"><img src="{link}" loading="lazy" '
+                     f'alt="{escape(name)}"></a><figcaption><b>{escape(r["decision"])}</b> '
+                     f'score {float(r["score"]):.4g}<br><span>{escape(name)}</span></figcaption></figure>')
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<title>{escape(title)}</title><style>'
+            'body{font-family:sans-serif;margin:1em}figure{display:inline-block;width:230px;margin:6px;'
+            'vertical-align:top}img{width:226px;border:2px solid #444}.defective img{border-color:#b01414}'
+            '.defective b{color:#b01414}figcaption{font-size:12px;word-break:break-all}</style></head><body>'
+            f'<h1>{escape(title)}</h1><p>{len(ordered)} inputs, {defective} defective (score above the stored '
+            f'image threshold {image_threshold:.4g}), defective first, then by score. Click a picture for the '
+            f'full overlay.</p>\n' + '\n'.join(cards) + '\n</body></html>\n')
