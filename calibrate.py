@@ -54,13 +54,13 @@ def calibrate_on_folder(c, encoder, decoders) -> dict:
 
 
 def calibrate_after_training(c, encoder, decoders, train_set, paths: Optional[List[str]] = None) -> dict:
-    """After norm-train: on ``paths`` (--calibration-path, listed and checked before training, or the
-    good images held out from training), else on the training images."""
+    """After norm-train: on ``paths`` (--calibration-path, listed and checked before training, or a
+    good-only class's ``train_set.calibration_images``), else on the training images."""
     if c.calibration_path:
         return calibrate_model(c, encoder, decoders, paths or calibration_images(c.calibration_path),
                                f'images under {c.calibration_path}')
     if paths:
-        return calibrate_model(c, encoder, decoders, paths, f'good images held out from training (seed {c.seed})')
+        return calibrate_model(c, encoder, decoders, paths, train_set.calibration_source)
     print(f'Notice: calibrating on the {OPTIMISTIC}')
     return calibrate_model(c, encoder, decoders, list(train_set.x), OPTIMISTIC.split(':')[0])
 

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from custom_datasets import build_datasets
 from custom_datasets.common import require_defect_pixels
 from custom_datasets.loaders import ReplayLoader, make_loader
-from custom_models.encoders import build_encoder, imagenet_weights_cached, input_size_fits, tap_shapes
+from custom_models.encoders import (build_encoder, imagenet_weights_cached, input_size_fits, smallest_input_size,
+                                    tap_shapes)
 from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map, to_fibers
 from custom_models.flows import build_decoders, log_likelihood, nll_loss
@@ -94,8 +95,11 @@ def check_fiber_count(c, encoder, n_train: int) -> None:
                              f'(incomplete batches are dropped, as published): {fix}')
         name, (C, H, W) = next((n, s) for n, s in zip(encoder.tap_names, tap_shapes(
             c.enc_arch, c.pool_layers, c.input_size)) if c.batch_size * s[1] * s[2] < c.fiber_batch)
+        smallest = smallest_input_size(c.enc_arch, c.pool_layers, -(-c.fiber_batch // c.batch_size))
         raise CflowError(f'pool layer {name} gives {c.batch_size} x {H} x {W} = {c.batch_size * H * W} fibers per '
-                         f'image batch, fewer than one fiber batch of {c.fiber_batch}: {fix}')
+                         f'image batch, fewer than one fiber batch of {c.fiber_batch}: raise -bs/--batch-size or '
+                         f'-inp/--input-size (at -bs {c.batch_size}, {c.enc_arch} needs -inp {smallest} or more); '
+                         f'for these images {fix}')
     dropped = n_train % c.batch_size
     if dropped > 0.2 * n_train:
         found = working_combination(c, n_train)
@@ -327,8 +331,8 @@ def run(c) -> dict:
     if c.action_type == 'norm-train' and c.calibration_path:
         from calibrate import calibration_images
         calibration_paths = calibration_images(c.calibration_path)  # a typo or bad image costs no training
-    elif getattr(train_set, 'held_out', None):
-        calibration_paths = train_set.held_out
+    elif getattr(train_set, 'calibration_images', None):
+        calibration_paths = train_set.calibration_images
     if c.action_type == 'norm-train':
         check_fiber_count(c, encoder, len(train_set))
         params = [p for decoder in decoders for p in decoder.parameters()]

@@ -8,8 +8,8 @@ from utils.errors import CflowError
 
 def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
     """(train set or None for norm-test, test set) for the flags in ``c``. A folder class without
-    labelled defects gives (train set, None): good images only (``.held_out`` lists the images
-    kept for calibration when there is no --calibration-path)."""
+    labelled defects gives (train set, None): good images only (``.calibration_images`` lists
+    the images to calibrate on when there is no --calibration-path)."""
     if c.class_name == 'none':
         from custom_datasets.mvtec import MVTEC_CLASS_NAMES
         choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path'}
@@ -40,11 +40,15 @@ def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
                                  f'{c.action_type} needs for its metrics: score new images with --action-type '
                                  f'predict instead')
             train = good_only_training_set(c.data_path, c.class_name, c.input_size, c.seed,
-                                           hold=not c.calibration_path, **norm)
-            held = (f'; {len(train.held_out)} held out (seed {c.seed}) to calibrate on' if train.held_out
-                    else f'; calibrating on {c.calibration_path}')
+                                           own_calibration=bool(c.calibration_path), **norm)
+            if c.calibration_path:
+                source = f'; calibrating on {c.calibration_path}'
+            elif train.held_out:
+                source = f'; {len(train.held_out)} held out (seed {c.seed}) to calibrate on'
+            else:
+                source = f'; calibrating on the {len(train.calibration_images)} images of test/good/'
             print(f'Notice: {os.path.join(class_dir, "test")} has no defective images, so this run trains on '
-                  f'{len(train)} good images{held} and reports no AUROC/AUPRO (they need labelled defects)')
+                  f'{len(train)} good images{source} and reports no AUROC/AUPRO (they need labelled defects)')
             return train, None
 
         def make(train):

@@ -100,12 +100,22 @@ def hold_out(paths: List[str], seed: int, share: float = HOLD_OUT_SHARE) -> Tupl
     return ([p for i, p in enumerate(paths) if i not in chosen], [p for i, p in enumerate(paths) if i in chosen])
 
 
-def good_only_training_set(root: str, class_name: str, input_size: int, seed: int, hold: bool,
+def good_only_training_set(root: str, class_name: str, input_size: int, seed: int, own_calibration: bool,
                            extensions: Sequence[str] = IMAGE_EXTENSIONS, **norm) -> LabelledImages:
-    """train/good/ of a class without labelled defects; with ``hold``, a seeded share is held out
-    for calibration (listed in ``.held_out``) and not trained on."""
-    images, labels, masks = list_split(class_folder(root, class_name), True, extensions)
-    train, held = hold_out(images, seed) if hold else (images, [])
-    dataset = LabelledImages(train, [0] * len(train), [None] * len(train), input_size=input_size, train=True, **norm)
+    """train/good/ of a class without labelled defects. Unless ``own_calibration`` (--calibration-path),
+    ``.calibration_images`` lists the images to calibrate on, never trained on: test/good/ when it
+    holds ``MIN_CALIBRATION`` or more, else a seeded held-out share of train/good/ (``.held_out``)."""
+    class_dir = class_folder(root, class_name)
+    images, labels, masks = list_split(class_dir, True, extensions)
+    test_good = os.path.join(class_dir, 'test', 'good')
+    spare = list_images(test_good, extensions) if os.path.isdir(test_good) else []
+    held = []
+    if not own_calibration and len(spare) < MIN_CALIBRATION:
+        images, held = hold_out(images, seed)
+    dataset = LabelledImages(images, [0] * len(images), [None] * len(images), input_size=input_size, train=True,
+                             **norm)
     dataset.held_out = held
+    dataset.calibration_images = [] if own_calibration else (held or spare)
+    dataset.calibration_source = (f'good images held out from training (seed {seed})' if held else
+                                  f'the good test images of {test_good}')
     return dataset

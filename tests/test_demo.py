@@ -87,5 +87,16 @@ def test_viz_writes_a_figure_per_test_image_and_a_histogram(demo_run):
     assert len(figures) == 16 + 2 * 12  # every test image of the demo class
     assert any('_stain_' in f for f in figures) and any('_good_' in f for f in figures)
     from PIL import Image
-    with Image.open(out / 'viz' / folder / figures[0]) as image:
-        assert image.size[0] > 3 * image.size[1]  # four panels side by side
+
+    def truth_panel(name):  # the ground truth sits at the right, below the banner, as wide as it is high
+        with Image.open(out / 'viz' / folder / name) as image:
+            sheet = np.asarray(image.convert('L'))
+        side = sheet.shape[0] - 256 if sheet.shape[0] - 256 < 100 else 0  # banner height
+        return sheet[side:, -256:], sheet[:, :-256]
+
+    stain = next(f for f in figures if '_stain_' in f)
+    good = next(f for f in figures if '_good_' in f)
+    truth, picture = truth_panel(stain)
+    assert truth.shape == (256, 256) and 0 < (truth > 127).mean() < 0.5  # the defect's mask, white on black
+    assert picture.shape[1] > 256  # the overlay with its colour bar beside it
+    assert (truth_panel(good)[0] > 127).sum() == 0  # a good image has an empty mask

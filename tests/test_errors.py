@@ -100,10 +100,15 @@ def test_unreadable_checkpoint(capsys, demo_copy, tmp_path):
     assert_one_line_error(rc, err, 'not a readable torch file')
 
 
-def test_test_set_without_defects_fails_before_training(capsys, demo_copy):
+def test_a_test_set_without_defects_trains_and_calibrates_on_its_good_images(capsys, demo_copy):
+    """Good test images only: no labelled metrics, all training images used, calibration on test/good/."""
     for defect in ('scratch', 'stain'):
         shutil.rmtree(demo_copy / 'textile' / 'test' / defect)
-    rc = main(['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(demo_copy)] + BASE)
+    rc = main(['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(demo_copy), '-bs', '16',
+               '-cb', '1', '--output-dir', str(demo_copy / 'out')] + BASE[:2] + ['-inp', '128'] + BASE[4:])
     out = capsys.readouterr()
-    assert_one_line_error(rc, out.err, 'needs both good and defective images', '0 defective of 16')
-    assert 'Train meta epoch' not in out.out and 'Model ' not in out.out  # nothing was built or trained
+    assert rc == 0, out.err
+    assert 'trains on 64 good images; calibrating on the 16 images of test/good/' in out.out
+    (checkpoint,) = (demo_copy / 'out' / 'weights').iterdir()
+    calibration = torch.load(checkpoint, map_location='cpu', weights_only=True)['calibration']
+    assert calibration['n_images'] == 16 and 'test/good' in calibration['source']
