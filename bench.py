@@ -42,7 +42,7 @@ from custom_datasets.synthetic import make_demo_class
 from custom_models.encoders import ENCODER_ARCHS, build_encoder
 from custom_models.fibers import score_feature_map_loop
 from custom_models.flows import CONDITION_VEC, build_decoders
-from train import make_scorers
+from custom_models.scoring import make_scorers
 from utils.anomaly_map import anomaly_maps
 from utils.checkpoint import save_checkpoint
 from utils.metrics import aupro, aupro_direct
@@ -161,7 +161,7 @@ def build_model(a):
 def pipeline_paths(a, encoder, decoders):
     """name -> (function of the taps returning per-layer log p, autocast dtype, tf32).
 
-    Our paths are built by ``train.make_scorers``: the code norm-test runs.
+    Our paths are built by ``custom_models.scoring.make_scorers``: the code norm-test runs.
     """
     def scorers(scorer, compile_=False):
         c = SimpleNamespace(scorer=scorer, compile=compile_, condition_vec=CONDITION_VEC, device=a.device,
@@ -296,13 +296,12 @@ def bench_predict(a, rows):
     """Predict on a folder of image files: model-only paths interleaved, then the whole command."""
     import contextlib
     import io
-    from config import parse_config
     from custom_models.anomaly_model import AnomalyModel
-    from predict import ImageFiles, collate, run_predict
+    from custom_datasets.inputs import ImageFiles, collate
+    from main import main as run_main
     from utils.calibration import calibrate_from_log_probs
     from utils.export_onnx import OnnxModel, export_onnx
-    from utils.model_file import LoadedModel
-    from calibrate import write_model
+    from utils.model_file import LoadedModel, write_model
     encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with tempfile.TemporaryDirectory() as root:
@@ -355,7 +354,8 @@ def bench_predict(a, rows):
 
             def command(argv=argv):
                 with contextlib.redirect_stdout(io.StringIO()):
-                    run_predict(parse_config(argv))
+                    if run_main(argv) != 0:
+                        raise RuntimeError(f'predict failed: {argv}')
             commands[name] = command
         loader = torch.utils.data.DataLoader(ImageFiles(list_images(folder), a.input_size),
                                              batch_size=a.predict_batch, num_workers=workers,
@@ -402,22 +402,18 @@ def bench_sizes(a, rows):
                 os.environ.pop('TORCH_HOME') if old is None else os.environ.__setitem__('TORCH_HOME', old)
         mb = {k: v / 2 ** 20 for k, v in sizes.items()}
         rows.append((f'model file, {arch} (-cb 8 -pl 3)', f'{mb["authors"]:.1f} MB', 'baseline', "authors' .pt"))
-        rows.append((f'  compact, encoder stored', f'{mb["stored"]:.1f} MB', f'{mb["stored"] / mb["authors"]:.2f}x', ''))
-        rows.append((f'  compact, stock ImageNet encoder', f'{mb["stock"]:.1f} MB', f'{mb["stock"] / mb["authors"]:.2f}x',
+        rows.append(('  compact, encoder stored', f'{mb["stored"]:.1f} MB', f'{mb["stored"] / mb["authors"]:.2f}x', ''))
+        rows.append(('  compact, stock ImageNet encoder', f'{mb["stock"]:.1f} MB', f'{mb["stock"] / mb["authors"]:.2f}x',
                      'encoder recorded by name + SHA-256'))
 
 
 def bench_modes(a, rows):
     """Metrics of each scoring mode with a trained demo checkpoint, as differences to fp32."""
     import contextlib
+    import glob
     import io
-    from config import parse_config
-    from train import run
-    base = ['--dataset', 'demo', '--action-type', 'norm-test', '--checkpoint', a.checkpoint, '--pro',
-            '-enc', a.enc_arch, '-inp', str(a.input_size), '-cb', str(a.coupling_blocks), '-pl', str(a.pool_layers),
-            '--workers', '2', '--output-dir', tempfile.mkdtemp()]
-    if a.device == 'cpu':
-        base.append('--no-cuda')
+    import json
+    from main import main as run_main
     modes = {'fp32 fused (default)': [], 'fp32 FrEIA modules': ['--scorer', 'freia'], 'bf16 encoder': ['--bf16']}
     if a.device.startswith('cuda'):
         modes['TF32'] = ['--tf32']
@@ -426,9 +422,15 @@ def bench_modes(a, rows):
         modes['compile'] = ['--compile']
     reference = None
     for name, flags in modes.items():
+        out = tempfile.mkdtemp()
+        argv = ['--dataset', 'demo', '--action-type', 'norm-test', '--checkpoint', a.checkpoint, '--pro',
+                '-enc', a.enc_arch, '-inp', str(a.input_size), '-cb', str(a.coupling_blocks), '-pl',
+                str(a.pool_layers), '--workers', '2', '--output-dir', out] + (['--no-cuda'] if a.device == 'cpu' else [])
         with contextlib.redirect_stdout(io.StringIO()):
-            result = run(parse_config(base + flags))
-        metrics = {k: o.last for k, o in result['observers'].items()}
+            if run_main(argv + flags) != 0:
+                raise RuntimeError(f'norm-test failed: {argv + flags}')
+        (result,) = glob.glob(os.path.join(out, 'results', '*.json'))
+        metrics = {k: v for k, v in json.load(open(result))['last'].items() if v is not None}
         if reference is None:
             reference = metrics
             rows.append((f'demo metrics, {name}', '', '', ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())))
@@ -471,7 +473,7 @@ def bench_training(a, rows):
     import contextlib
     import copy
     import io
-    from train import train_meta_epoch
+    from custom_models.training import train_meta_epoch
     modes = {'published': 'published loop (default Adam kernel)', 'fused': '--adam fused (default)',
              'deferred': '--adam deferred'}
     for enc in a.train_encoders.split(','):
@@ -521,7 +523,7 @@ def bench_threads(a, rows):
     import io
     import subprocess
     import sys
-    from train import train_meta_epoch
+    from custom_models.training import train_meta_epoch
     from utils.threads import ThreadPolicy
     torch.manual_seed(0)
     np.random.seed(0)
@@ -586,8 +588,7 @@ def bench_masks(a, rows):
     from utils.calibration import decisions, mask_threshold
     from utils.model_file import read_model
     from custom_models.anomaly_model import AnomalyModel
-    from PIL import Image
-    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD, read_mask, read_rgb, resize_mask, to_model_input
     results = []
     for seed in [int(s) for s in a.mask_seeds.split(',') if s]:
         work = tempfile.mkdtemp(prefix='bench_masks_')
@@ -610,10 +611,9 @@ def bench_masks(a, rows):
             for name in sorted(os.listdir(os.path.join(class_dir, 'test', folder))):
                 paths.append(os.path.join(class_dir, 'test', folder, name))
                 mask_path = os.path.join(class_dir, 'ground_truth', folder, name.replace('.png', '_mask.png'))
-                truth.append(np.asarray(Image.open(mask_path).resize((128, 128), Image.NEAREST)) > 0
+                truth.append(resize_mask(np.asarray(read_mask(mask_path)) > 0, (128, 128))
                              if folder != 'good' else np.zeros((128, 128), bool))
-        images = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert('RGB').resize((128, 128), Image.LANCZOS))
-                                               .copy()).permute(2, 0, 1).float() / 255 for p in paths])
+        images = torch.stack([to_model_input(read_rgb(p), 128) for p in paths])
         with torch.inference_mode():
             maps, scores = (t.numpy() for t in model(images))
         truth, labels = np.stack(truth), np.array(['/good/' not in p for p in paths])

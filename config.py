@@ -9,8 +9,9 @@ from PIL import Image
 
 # Import-light on purpose (``--help`` must not wait for torch): the heavy modules are
 # imported inside the functions that need them.
-from custom_models import DECODER_ARCHS, ENCODER_ARCHS
+from custom_models.architectures import DECODER_ARCHS, ENCODER_ARCHS
 from utils.errors import CflowError
+from utils.results import model_name
 
 DATASETS = ('mvtec', 'stc', 'folder', 'demo')
 DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo'}
@@ -21,6 +22,28 @@ DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
 DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
                  'meta_epochs': ('--meta-epochs', 4), 'sub_epochs': ('--sub-epochs', 4)}
+
+
+class Settings(argparse.Namespace):
+    """The flags and everything derived from them, fixed once ``derive`` has run: actions read the
+    settings and never write them (what an action finds out, it returns)."""
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get('_frozen'):
+            raise AttributeError(f'settings are derived once, in config.derive: {name} cannot be set by an action')
+        super().__setattr__(name, value)
+
+    def freeze(self) -> 'Settings':
+        self.__dict__['_frozen'] = True
+        return self
+
+    def items(self) -> dict:
+        """The settings as a dict (what results files record)."""
+        return {k: v for k, v in vars(self).items() if k != '_frozen'}
+
+    def replace(self, **changes) -> 'Settings':
+        """A frozen copy with ``changes`` (for tests and benchmarks that vary one setting)."""
+        return Settings(**{**self.items(), **changes}).freeze()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -90,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scores-only', action='store_true', default=False,
                    help='predict: write predictions.csv/.json only, no overlays, masks or annotated video '
                         '(scores and decisions at about the model\'s speed)')
+    p.add_argument('--runtime', default=None, choices=('torch', 'onnxruntime', 'openvino'), metavar='NAME',
+                   help='predict: torch (.pt/.safetensors), onnxruntime or openvino (an exported .onnx, CPU, fp32) '
+                        '(default: torch, or onnxruntime for .onnx)')
+    p.add_argument('--image-threshold', default=None, type=float, metavar='T',
+                   help='predict: decide defective above this image score instead of the stored t_I')
+    p.add_argument('--pixel-threshold', default=None, type=float, metavar='T',
+                   help='predict: the mask\'s floor t_P instead of the stored one')
+    p.add_argument('--sensitivity', default=None, type=float, metavar='S',
+                   help='predict: divide both stored thresholds by S: 2 = twice as sensitive (more images flagged, '
+                        'larger masks), 0.5 = half as sensitive, 1 = stored (default: the stored thresholds)')
     p.add_argument('--output', default=None, metavar='FILE',
                    help='export: model.onnx (ONNX graph) or model.safetensors (compact file); calibrate: the '
                         'calibrated model file (default: beside --checkpoint, *_calibrated.pt|.safetensors)')
@@ -124,12 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help='CPU threads for torch, fixed (default: the cores other processes leave free, '
                         're-measured every 2 s while training)')
     return p
-
-
-def model_name(dataset: str, enc: str, dec: str, pool_layers: int, coupling_blocks: int, input_size: int,
-               run: int, class_name: str) -> str:
-    """The published run name: ``{dataset}_{enc}_{dec}_pl{pl}_cb{cb}_inp{inp}_run{run}_{class}``."""
-    return f'{dataset}_{enc}_{dec}_pl{pool_layers}_cb{coupling_blocks}_inp{input_size}_run{run}_{class_name}'
 
 
 def select_device(c) -> str:
@@ -198,32 +225,34 @@ def check_checkpoint_name(c) -> None:
                      f'{c.input_size}: pass -inp {named["inp"]} (or rename the file if its name is wrong)')
 
 
-def calibrated_checkpoint_settings(path: str) -> Optional[dict]:
-    """The settings a calibrated .pt recorded with its calibration (None for an uncalibrated one),
-    read through a memory map, so the weights themselves are not loaded here."""
-    import torch
-    from utils.calibration import CALIBRATION_KEY
-    if not os.path.isfile(path):
-        raise CflowError(f'checkpoint {path} does not exist: check the path')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception:  # not a zip-format file (or not a checkpoint): the full load reports it
-        return None
-    calibration = state.get(CALIBRATION_KEY) if isinstance(state, dict) else None
-    return dict(calibration['settings']) if calibration else None
-
-
 def apply_model_file_settings(c) -> None:
-    """What the model file states (input size, normalisation, architecture) wins over defaults and
-    must agree with flags the user passed: applied here, once, before any action runs."""
-    if c.checkpoint.endswith('.safetensors'):
-        from utils.model_file import compact_settings
-        apply_file_settings(c, compact_settings(c.checkpoint), c.checkpoint)
-    elif c.checkpoint.endswith(('.pt', '.pth')):
+    """What the model file states (settings and calibration: ``utils.model_file.stated_settings``)
+    wins over defaults and must agree with flags the user passed: applied here, once, before any
+    action runs. ``c.calibration`` is the file's calibration, or None. An uncalibrated authors'
+    checkpoint states only its architecture, through its weights: taken for calibrate, predict
+    and export; norm-test takes the flags, as published, and its loader checks them one by one."""
+    from utils.model_file import stated_settings
+    if c.checkpoint.endswith(('.pt', '.pth')):
         check_checkpoint_name(c)
-        recorded = calibrated_checkpoint_settings(c.checkpoint)
-        if recorded:
-            apply_file_settings(c, recorded, c.checkpoint)
+    settings, c.calibration = stated_settings(c.checkpoint, weights_architecture=c.action_type in DEPLOY_ACTIONS)
+    apply_file_settings(c, settings, c.checkpoint)
+
+
+def encoder_weights_choice(c) -> str:
+    """'checkpoint', 'imagenet', 'none' or a path: where the encoder's weights come from (recorded in
+    the results), with a notice where it matters."""
+    if c.checkpoint:
+        return 'checkpoint'  # every encoder weight comes from the model file
+    if c.encoder_weights is not None:
+        if c.encoder_weights == 'none':
+            print('Notice: random-init encoder (--encoder-weights none); scores are not comparable to the paper')
+        return c.encoder_weights
+    from custom_models.encoders import imagenet_weights_cached
+    if c.dataset == 'demo' and not imagenet_weights_cached(c.enc_arch):
+        print(f'Notice: no ImageNet weights for {c.enc_arch} in the torch hub cache; the demo uses a '
+              f'seeded random-init encoder (scores are lower than with ImageNet weights)')
+        return 'none'
+    return 'imagenet'
 
 
 def given_flags(argv) -> set:
@@ -234,7 +263,7 @@ def given_flags(argv) -> set:
     return set(vars(probe.parse_args(argv)))
 
 
-def derive(c, given: Optional[set] = None) -> argparse.Namespace:
+def derive(c, given: Optional[set] = None) -> Settings:
     """Check the flags and add the settings the published code derives from them.
 
     ``given``: the flags the user passed (for the demo's defaults); None = all of them.
@@ -243,6 +272,7 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
     from custom_datasets.stc import STC_MEAN, STC_STD
     from custom_models.encoders import input_size_fits, smallest_input_size
     from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
+    c = Settings(**vars(c))
     given = set(vars(c)) if given is None else given
     c.given = sorted(given)  # the flags the user passed: a model file's own settings win over defaults only
     if c.dataset not in DATASETS:
@@ -260,6 +290,9 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
         raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
     if c.action_type == 'predict' and not c.input:
         raise CflowError('--action-type predict needs --input PATH (an image, a folder or a video)')
+    if c.action_type == 'predict':
+        from custom_models.detector import check_threshold_options
+        check_threshold_options(c.image_threshold, c.pixel_threshold, c.sensitivity)
     if c.action_type == 'export' and not c.output:
         raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
@@ -281,8 +314,9 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
     if c.action_type == 'norm-test':
         c.meta_epochs = 1  # as published: one test pass
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)
+    c.calibration = None
     if c.checkpoint and c.action_type != 'norm-train':
-        apply_model_file_settings(c)  # the file's input size and normalisation win over the defaults
+        apply_model_file_settings(c)  # the file's settings and calibration win over the defaults
     if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
                          f'smaller than the network\'s padding; pass -inp '
@@ -301,10 +335,18 @@ def derive(c, given: Optional[set] = None) -> argparse.Namespace:
     c.run_date = datetime.datetime.now().strftime('%Y-%m-%d-%H-%M-%S')
     c.results_dir = os.path.join(c.output_dir, 'results')
     c.weights_dir = os.path.join(c.output_dir, 'weights')
-    c.viz_dir = os.path.join(c.output_dir, 'viz', f'{c.model}_{c.run_date}')
-    c.device = select_device(c)
+    c.device = 'cpu' if c.action_type == 'export' else select_device(c)  # exported files are device-free
+    if c.action_type == 'predict' and 'output_dir' not in given:
+        c.output_dir = default_predict_dir(c.input)
+    c.encoder_source = encoder_weights_choice(c)
     apply_arithmetic(c)
-    return c
+    return c.freeze()
+
+
+def default_predict_dir(input_path: str) -> str:
+    """predict's own folder when --output-dir is left out: predictions/<input name>."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(input_path))) or 'input'
+    return os.path.join('predictions', name)
 
 
 def apply_arithmetic(c) -> None:
@@ -318,6 +360,6 @@ def apply_arithmetic(c) -> None:
         torch.set_num_threads(c.threads)
 
 
-def parse_config(argv=None) -> argparse.Namespace:
+def parse_config(argv=None) -> Settings:
     argv = sys.argv[1:] if argv is None else list(argv)
     return derive(build_parser().parse_args(argv), given_flags(argv))

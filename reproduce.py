@@ -120,7 +120,7 @@ def plan_argv(a, preset) -> List[Job]:
 
 def plan_checkpoint_jobs(a, preset, common: List[str]) -> List[Job]:
     """norm-test of each checkpoint in --checkpoints, its settings read from its authors'-style name."""
-    from config import model_name
+    from utils.results import model_name
     from utils.presets import settings_from_checkpoint_name
     if not a.checkpoints or not os.path.isdir(a.checkpoints):
         raise CflowError(f'--preset {preset.name} needs --checkpoints DIR, the folder of the downloaded .pt files')

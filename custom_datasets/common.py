@@ -88,6 +88,23 @@ def rotate_like_random_rotation(image: Image.Image, seed: int) -> Image.Image:
     return TF.rotate(image, angle, T.InterpolationMode.NEAREST, expand=False, center=None, fill=0)
 
 
+def resize_image(image: Image.Image, input_size: int) -> Image.Image:
+    """The published test-time resize: both sides to ``input_size``, Lanczos (``Resize((inp, inp))``;
+    the ``CenterCrop(inp)`` after it is then a no-op). Every path into a model uses it."""
+    return image.resize((input_size, input_size), Image.LANCZOS)
+
+
+def to_model_input(image: Image.Image, input_size: int) -> torch.Tensor:
+    """3 x inp x inp in [0, 1]: the published test transform without its normalisation (the
+    deployable model normalises inside)."""
+    return TF.to_tensor(resize_image(image, input_size))
+
+
+def resize_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """A boolean mask resized to ``size`` = (width, height) with nearest neighbours (never blurred)."""
+    return np.asarray(mask_image(mask).resize(size, Image.NEAREST)) > 0
+
+
 def mask_transform(input_size: int) -> Callable:
     return T.Compose([T.Resize((input_size, input_size), interpolation=T.InterpolationMode.NEAREST),
                       T.CenterCrop(input_size), T.ToTensor()])
@@ -111,6 +128,19 @@ def list_images_recursive(folder: str, extensions: Sequence[str] = IMAGE_EXTENSI
     return sorted(found)
 
 
+def calibration_images(folder: str) -> List[str]:
+    """Every image under ``folder`` (--calibration-path), checked readable; one-line errors for an
+    empty or missing folder."""
+    if not os.path.isdir(folder):
+        raise CflowError(f'--calibration-path {folder} is not a folder: pass a folder of defect-free images')
+    paths = list_images_recursive(folder)
+    if len(paths) < 2:
+        raise CflowError(f'--calibration-path {folder} holds {len(paths)} images (png/jpg/jpeg/bmp/tif): '
+                         f'calibration needs at least 2 defect-free images, 20 or more for a useful threshold')
+    check_readable(paths)
+    return paths
+
+
 def require_dir(path: str, what: str, fix: str) -> None:
     if not os.path.isdir(path):
         raise CflowError(f'{what} {path} does not exist: {fix}')
@@ -130,7 +160,6 @@ class LabelledImages(Dataset):
                  input_size: int, train: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.x, self.y, self.mask = images, labels, masks
         self.input_size, self.train = input_size, train
-        self.resize = T.Resize((input_size, input_size), interpolation=T.InterpolationMode.LANCZOS)
         self.finish = T.Compose([T.CenterCrop(input_size), T.ToTensor(), T.Normalize(mean, std)])
         self.transform_mask = mask_transform(input_size)
 
@@ -146,7 +175,7 @@ class LabelledImages(Dataset):
 
     def load_image(self, idx: int, seed: Optional[int] = None) -> torch.Tensor:
         """Resize (both sides), rotate when training, crop, normalise: the published order."""
-        image = self.resize(read_rgb(self.x[idx]))
+        image = resize_image(read_rgb(self.x[idx]), self.input_size)
         if self.train:
             image = rotate_like_random_rotation(image, seed if seed is not None else int(torch.randint(2 ** 62, ())))
         return self.finish(image)

@@ -29,7 +29,7 @@ STC_MEAN, STC_STD = (0.5, 0.5, 0.5), (0.225, 0.225, 0.225)  # the published STC 
 COMPLETE_MARKER = '.complete'
 
 
-def _import_av():
+def import_av():
     try:
         import av
     except ImportError:
@@ -45,7 +45,7 @@ def extract_video_frames(video_path: str, frames_dir: str) -> List[str]:
     if os.path.isdir(frames_dir):
         shutil.rmtree(frames_dir)  # an interrupted extraction: its frames are not trusted
     os.makedirs(frames_dir)
-    av = _import_av()
+    av = import_av()
     try:
         with av.open(video_path) as container:
             stream = container.streams.video[0]

@@ -1,7 +1,9 @@
-"""Encoders, decoders and scorers. The architecture names live here, import-light, so that
-``--help`` and flag checks need neither torch nor torchvision."""
+"""Encoders, flows, scoring and the deployable model. Import-light: the architecture names for
+``--help`` and flag checks, and ``load_model`` (which imports torch only when called)."""
+from custom_models.architectures import DECODER_ARCHS, ENCODER_ARCHS, MOBILENETS, RESNETS  # noqa: F401
 
-RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnext50_32x4d', 'wide_resnet50_2')
-MOBILENETS = ('mobilenet_v3_large', 'mobilenet_v3_small')
-ENCODER_ARCHS = RESNETS + MOBILENETS
-DECODER_ARCHS = ('freia-cflow', 'freia-flow')
+
+def load_model(path, device='cpu', runtime=None, **options):
+    """A calibrated model file, ready to ``.predict(inputs)`` (``custom_models/detector.py``)."""
+    from custom_models.detector import load_model as load
+    return load(path, device=device, runtime=runtime, **options)

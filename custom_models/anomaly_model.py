@@ -3,24 +3,21 @@
     x      = (image - mean) / std                                   (ImageNet or STC constants)
     taps   = encoder(x)                                             (shallow to deep)
     log p_l = fused decoder l (custom_models/fast_flow.py), B x h_l x w_l
-    S      = sum_l upsample_bilinear(exp(log p_l - m_l), align_corners=True)
+    S      = sum_l upsample_bilinear(exp(log p_l - m_l), align_corners=True)   (utils/anomaly_map.py)
     A      = S_ref - S,   score = max over the image of A          (utils/calibration.py)
 
 Every image stands alone (no statistic of the batch), the batch axis is free, and there
 is no fiber loop, so the same module runs ``predict`` and exports to one ONNX graph. It
-computes in float32; ``utils.anomaly_map.calibrated_maps`` is the float64 reference.
+computes in float32 with the map assembly every path uses (``utils.anomaly_map``).
 """
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from custom_models.fast_flow import FastFlowScorer
 from custom_models.flows import CONDITION_VEC
-
-
-EXP_LIMIT = 80.0
+from utils.anomaly_map import summed_probabilities
 
 
 class AnomalyModel(nn.Module):
@@ -45,12 +42,5 @@ class AnomalyModel(nn.Module):
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B x H x W anomaly maps, B image scores) of B x 3 x H x W images in [0, 1] at the input size."""
         size = (self.input_size, self.input_size)
-        total = None
-        for log_p, shift in zip(self.log_probs(images), self.log_p_max):
-            # exp(80) ~ 5.5e34: above that float32 overflows to inf, and the upsampling's zero weights
-            # would turn inf into NaN. Only fibers far likelier than any calibration fiber reach it.
-            prob = torch.exp(torch.clamp(log_p - shift, max=EXP_LIMIT))
-            prob = F.interpolate(prob.unsqueeze(1), size=size, mode='bilinear', align_corners=True)[:, 0]
-            total = prob if total is None else total + prob
-        maps = self.sum_max - total
+        maps = self.sum_max - summed_probabilities(self.log_probs(images), size, self.log_p_max)
         return maps, maps.amax(dim=(1, 2))

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from custom_models import ENCODER_ARCHS, MOBILENETS, RESNETS  # noqa: F401 (re-exported)
+from custom_models.architectures import ENCODER_ARCHS, MOBILENETS, RESNETS  # noqa: F401 (re-exported)
 from utils.errors import CflowError
 
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 
-from custom_models import DECODER_ARCHS  # noqa: F401 (re-exported)
+from custom_models.architectures import DECODER_ARCHS  # noqa: F401 (re-exported)
 from utils.errors import CflowError
 
 CONDITION_VEC = 128  # channels of the positional encoding (P)

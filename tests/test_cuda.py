@@ -9,7 +9,8 @@ import torch
 from config import parse_config
 from custom_models.fibers import score_feature_map_loop
 from custom_models.flows import build_decoder
-from train import build_model, make_scorers, score_batch
+from custom_models.scoring import make_scorers, score_batch
+from train import build_model
 
 from tests.test_reference_fixture import FIXTURES, fixture_config, relative_error
 
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a C
 def test_fixture_on_cuda(name):
     import os
     c, folder = fixture_config(name)
-    c.device = 'cuda:0'
-    c.no_cuda = False
+    c = c.replace(device='cuda:0', no_cuda=False)
     expected = torch.load(os.path.join(folder, 'expected.pt'), weights_only=False)
     encoder, decoders = build_model(c)  # channels_last encoder, cuDNN autotune
     with torch.inference_mode():
@@ -38,8 +38,7 @@ def test_fused_scorer_on_cuda_equals_the_cpu_loop(compile_):
     feature_map = torch.randn(8, 64, 16, 16)
     with torch.inference_mode():
         reference = score_feature_map_loop(decoder, feature_map, 128)
-        c = parse_config(['--no-cuda'] + (['--compile'] if compile_ else []))
-        c.device = 'cuda:0'
+        c = parse_config(['--no-cuda'] + (['--compile'] if compile_ else [])).replace(device='cuda:0')
         (scorer,) = make_scorers(c, [decoder.cuda()])
         fused = scorer(feature_map.cuda()).cpu()
     assert torch.allclose(fused, reference, rtol=1e-4, atol=1e-4)
@@ -85,7 +84,7 @@ def test_training_on_cuda_follows_the_cpu(adam):
     import os
     from types import SimpleNamespace
     from custom_models.flows import build_decoders
-    from train import train_meta_epoch
+    from custom_models.training import train_meta_epoch
     from tests.test_trajectory import TRAJECTORY, TapReplay
     t = torch.load(TRAJECTORY, weights_only=False)
     s = t['settings']

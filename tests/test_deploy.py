@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from config import parse_config
+from custom_datasets.common import read_rgb, to_model_input
 from custom_models.anomaly_model import AnomalyModel
 from main import main
 from utils.anomaly_map import anomaly_maps, calibrated_maps
@@ -17,27 +18,8 @@ from utils.calibration import CALIBRATION_KEY
 from utils.errors import CflowError
 from utils.model_file import read_model, save_compact
 
-from tests.conftest import REFERENCE
+from tests.conftest import REFERENCE, TRAIN
 from tests.test_errors import assert_one_line_error
-
-TRAIN = ['--dataset', 'demo', '-enc', 'resnet18', '-inp', '64', '-bs', '64', '-cb', '2', '--meta-epochs', '1',
-         '--sub-epochs', '1', '--workers', '0', '--no-cuda', '--encoder-weights', 'none', '--pro']
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, demo_root):
-    """A tiny demo model, calibrated on 16 good images that are neither training nor test images."""
-    from custom_datasets.synthetic import make_demo_class
-    root = tmp_path_factory.mktemp('deploy')
-    calibration = root / 'calibration'
-    # other good images of the same kind (another data seed): none of them is in the test set
-    other = make_demo_class(str(root / 'other'), seed=1234, n_train=16, n_test_good=1, n_test_defect=1)
-    shutil.copytree(os.path.join(other, 'train', 'good'), calibration / 'day1')
-    assert main(TRAIN + ['--data-path', demo_root, '--output-dir', str(root / 'out'),
-                         '--calibration-path', str(calibration)]) == 0
-    (checkpoint,) = (root / 'out' / 'weights').iterdir()
-    return root, str(checkpoint), demo_root
-
 
 def load(path):
     c = parse_config(['--no-cuda'])
@@ -48,9 +30,8 @@ def load(path):
 
 def demo_images(demo_root, folder, n):
     paths = sorted(os.listdir(os.path.join(demo_root, 'textile', 'test', folder)))[:n]
-    return torch.stack([torch.from_numpy(np.array(Image.open(os.path.join(demo_root, 'textile', 'test', folder, p))
-                                                    .convert('RGB').resize((64, 64), Image.LANCZOS))).permute(2, 0, 1)
-                        .float() / 255 for p in paths])
+    return torch.stack([to_model_input(read_rgb(os.path.join(demo_root, 'textile', 'test', folder, p)), 64)
+                        for p in paths])
 
 
 def test_trained_checkpoint_keeps_the_authors_format_and_adds_calibration(trained):
@@ -66,8 +47,7 @@ def test_stored_thresholds_are_those_of_the_calibration_images(trained):
     root, checkpoint, _ = trained
     model, loaded = load(checkpoint)
     folder = root / 'calibration' / 'day1'
-    images = torch.stack([torch.from_numpy(np.array(Image.open(folder / p).convert('RGB').resize((64, 64), Image.LANCZOS)))
-                          .permute(2, 0, 1).float() / 255 for p in sorted(os.listdir(folder))])
+    images = torch.stack([to_model_input(read_rgb(str(folder / p)), 64) for p in sorted(os.listdir(folder))])
     with torch.inference_mode():
         maps, scores = model(images)
     cal = loaded.calibration
@@ -231,15 +211,6 @@ def test_predict_on_a_video_writes_frames_and_an_annotated_video(trained, tmp_pa
         assert sum(1 for _ in container.decode(video=0)) == 6
 
 
-@pytest.fixture(scope='module')
-def exported(trained, tmp_path_factory):
-    _, checkpoint, _ = trained
-    out = tmp_path_factory.mktemp('export')
-    assert main(['--action-type', 'export', '--checkpoint', checkpoint, '--output', str(out / 'model.onnx')]) == 0
-    assert main(['--action-type', 'export', '--checkpoint', checkpoint, '--output', str(out / 'model.safetensors')]) == 0
-    return out, checkpoint
-
-
 @pytest.mark.parametrize('batch', [1, 8])
 def test_onnx_matches_pytorch(exported, trained, batch):
     from utils.export_onnx import OnnxModel
@@ -373,7 +344,7 @@ def test_onnx_input_size_must_match(capsys, exported, tmp_path, trained):
     out, _ = exported
     rc, err = run(capsys, ['--action-type', 'predict', '--checkpoint', str(out / 'model.onnx'), '-inp', '128',
                            '--input', trained[2], '--output-dir', str(tmp_path)])
-    assert_one_line_error(rc, err, 'takes 64x64 images but -inp is 128')
+    assert_one_line_error(rc, err, 'model.onnx was made with -inp 64, but -inp 128 was passed', 'drop -inp')
 
 
 # ----------------------------------------------------------------------------------
@@ -414,19 +385,20 @@ def test_predict_without_output_dir_writes_to_a_folder_of_its_own(trained, tmp_p
 def test_predict_keeps_the_rows_scored_before_a_failure(trained, tmp_path, monkeypatch, capsys):
     import predict
     _, checkpoint, demo_root = trained
-    real_open = predict.open_model
+    real_open = predict.open_detector
 
     def failing_open(c):
-        model, calibration = real_open(c)
-        calls = []
+        detector = real_open(c)
+        real_run, calls = detector.run, []
 
         def run(images):
             calls.append(1)
             if len(calls) == 3:
                 raise CflowError('cannot decode frame 4 of the input (simulated)')
-            return model(images)
-        return run, calibration
-    monkeypatch.setattr(predict, 'open_model', failing_open)
+            return real_run(images)
+        detector.run = run
+        return detector
+    monkeypatch.setattr(predict, 'open_detector', failing_open)
     out = tmp_path / 'out'
     rc = main(['--action-type', 'predict', '--checkpoint', checkpoint, '--input',
                os.path.join(demo_root, 'textile', 'test', 'good'), '--output-dir', str(out), '--no-cuda', '-bs', '2',

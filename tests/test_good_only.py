@@ -12,7 +12,7 @@ import torch
 from config import parse_config
 from custom_datasets.folder import MIN_CALIBRATION, hold_out
 from main import main
-from predict import full_size_mask
+from custom_models.detector import full_size_mask
 from utils.errors import CflowError
 
 from tests.test_errors import assert_one_line_error, run_cli

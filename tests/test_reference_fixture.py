@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from config import parse_config
-from train import build_model, make_scorers, score_batch
+from custom_models.scoring import make_scorers, score_batch
+from train import build_model
 from utils.anomaly_map import anomaly_maps
 from utils.errors import CflowError
 

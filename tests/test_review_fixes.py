@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import train
+import custom_models.scoring
+import custom_models.training
 from config import parse_config
 from custom_datasets.folder import list_split
 from custom_models.encoders import build_encoder
@@ -68,7 +69,7 @@ def test_stc_normal_frames_get_an_empty_mask_whatever_the_file_holds(tmp_path):
 
 
 def test_a_diverged_flow_stops_with_one_line_naming_the_epoch(capsys, demo_copy, monkeypatch, tmp_path):
-    monkeypatch.setattr(train, 'nll_loss', lambda log_prob: log_prob * float('nan'))
+    monkeypatch.setattr(custom_models.training, 'nll_loss', lambda log_prob: log_prob * float('nan'))
     rc, err = run_cli(capsys, folder_args(demo_copy, '-inp', '128', '-bs', '16', '--output-dir', str(tmp_path)))
     assert_one_line_error(rc, err, 'training diverged: the loss of epoch 0.0 is nan', '--lr')
     (report,) = [f for f in os.listdir(tmp_path / 'results') if f.endswith('.json')]
@@ -77,13 +78,13 @@ def test_a_diverged_flow_stops_with_one_line_naming_the_epoch(capsys, demo_copy,
 
 
 def test_non_finite_test_scores_stop_before_the_metrics(capsys, demo_copy, monkeypatch, tmp_path):
-    real = train.score_batch
+    real = custom_models.scoring.score_batch
 
     def with_a_nan(c, encoder, scorers, images):
         log_probs = real(c, encoder, scorers, images)
         log_probs[1][0, 0, 0] = float('nan')
         return log_probs
-    monkeypatch.setattr(train, 'score_batch', with_a_nan)
+    monkeypatch.setattr(custom_models.scoring, 'score_batch', with_a_nan)
     rc, err = run_cli(capsys, folder_args(demo_copy, '-inp', '128', '-bs', '16', '--output-dir', str(tmp_path)))
     # 40 test images at -bs 16: three batches, one NaN each
     assert_one_line_error(rc, err, 'decoder 1 gave 3 NaN or +inf log-likelihoods of 2560')
@@ -156,12 +157,13 @@ def test_all_empty_masks_fail_before_training(capsys, demo_copy):
 
 
 def test_two_runs_in_the_same_second_keep_their_own_files(tmp_path):
-    configs = [parse_config(['--dataset', 'demo', '--output-dir', str(tmp_path), '--no-cuda']) for _ in range(3)]
-    for c in configs:
-        c.run_date = '2026-01-01-00-00-00'
-    stems = [reserve_run(c) for c in configs]
+    configs = [parse_config(['--dataset', 'demo', '--output-dir', str(tmp_path), '--no-cuda']).replace(
+        run_date='2026-01-01-00-00-00') for _ in range(3)]
+    runs = [reserve_run(c) for c in configs]
+    stems = [run.stem for run in runs]
     assert len(set(stems)) == 3 and stems[1].endswith('-2') and stems[2].endswith('-3')
-    assert configs[1].viz_dir.endswith('2026-01-01-00-00-00-2') and ':' not in stems[0]
+    assert runs[1].viz_dir.endswith('2026-01-01-00-00-00-2') and ':' not in stems[0]
+    assert runs[2].checkpoint('_final').endswith('2026-01-01-00-00-00-3_final.pt')
     assert sorted(os.listdir(tmp_path / 'results')) == sorted(os.path.basename(s) + '.json' for s in stems)
 
 

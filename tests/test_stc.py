@@ -30,7 +30,7 @@ def test_extraction_streams_every_frame_once_and_skips_on_rerun(stc_root, monkey
 
     def no_decoding(*args, **kwargs):
         raise AssertionError('a completed video was decoded again')
-    monkeypatch.setattr(stc, '_import_av', no_decoding)
+    monkeypatch.setattr(stc, 'import_av', no_decoding)
     assert training_frames(stc_root, '01') == frames
     assert [os.path.getmtime(f) for f in frames] == mtimes
 

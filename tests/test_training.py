@@ -6,7 +6,8 @@ import torch
 from config import parse_config
 from custom_datasets import build_datasets
 from custom_datasets.loaders import make_loader
-from train import build_model, train_meta_epoch
+from custom_models.training import train_meta_epoch
+from train import build_model
 from utils.schedule import warmup_lr
 
 
@@ -72,7 +73,7 @@ def test_training_is_reproducible_with_a_seed(demo_root):
 
 def test_test_passes_after_the_first_replay_identical_batches_without_reading_files(demo_root, monkeypatch):
     from custom_datasets.loaders import ReplayLoader
-    from train import score_test_set
+    from custom_models.scoring import score_loader as score_test_set
     c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '64', '-cb', '2',
                       '-bs', '16', '--workers', '0', '--no-cuda', '--encoder-weights', 'none'])
     _, test_set = build_datasets(c)

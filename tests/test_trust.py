@@ -172,11 +172,11 @@ def test_a_bad_calibration_folder_fails_before_training(capsys, tmp_path, demo_r
 
 def test_a_failed_calibration_keeps_the_trained_model_and_says_how_to_calibrate(capsys, tmp_path, demo_root,
                                                                                   monkeypatch):
-    import calibrate
+    import train
 
     def broken(*args, **kwargs):
         raise CflowError('calibration gave non-finite constants')
-    monkeypatch.setattr(calibrate, 'calibrate_model', broken)
+    monkeypatch.setattr(train, 'calibrate_images', broken)
     assert main(TRAIN + ['--data-path', demo_root, '--output-dir', str(tmp_path)]) == 0
     err = capsys.readouterr().err
     (checkpoint,) = (tmp_path / 'weights').iterdir()
@@ -191,6 +191,7 @@ def test_a_failed_calibration_keeps_the_trained_model_and_says_how_to_calibrate(
 
 def test_calibration_in_bounded_chunks_equals_the_whole_array(monkeypatch):
     """Thresholds from S made a few images at a time equal those of the full N x H x W arrays."""
+    import utils.anomaly_map as anomaly_map
     import utils.calibration as calibration
     from utils.anomaly_map import summed_probabilities
     torch.manual_seed(0)
@@ -202,11 +203,11 @@ def test_calibration_in_bounded_chunks_equals_the_whole_array(monkeypatch):
         made.append(lps[0].shape[0])
         return summed_probabilities(lps, *args, **kwargs)
     monkeypatch.setattr(calibration, 'CHUNK_VALUES', 3 * 1600)
-    monkeypatch.setattr(calibration, 'summed_probabilities', spy)
+    monkeypatch.setattr(anomaly_map, 'summed_probabilities', spy)
     record = calibration.calibrate_from_log_probs(log_probs, size, 'test', {}, pixel_quantile=0.95)
     assert max(made) == 3 and sum(made) == n  # never more than 3 images' maps at once
     shifts = [float(lp.max()) for lp in log_probs]
-    total = summed_probabilities(log_probs, size, shifts)
+    total = summed_probabilities([lp.double() for lp in log_probs], size, shifts)
     maps = (total.max() - total).numpy()
     scores = maps.reshape(n, -1).max(axis=1)
     top, median = np.quantile(scores, 0.99), np.median(scores)

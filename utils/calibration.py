@@ -37,7 +37,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from utils.anomaly_map import summed_probabilities
+from utils.anomaly_map import summed_in_float64
 from utils.errors import CflowError
 
 MASK_PEAK_SHARE = 0.7
@@ -74,8 +74,7 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
     keep = min(total_values, int(math.floor((total_values - 1) * (1 - pixel_quantile))) + 2)
     chunk = max(1, CHUNK_VALUES // pixels)
     sum_max, image_min, lowest = -math.inf, [], torch.empty(0, dtype=torch.float64)
-    for start in range(0, n, chunk):
-        total = summed_probabilities([lp[start:start + chunk] for lp in log_probs], tuple(input_size), log_p_max)
+    for _, total in summed_in_float64(log_probs, tuple(input_size), log_p_max, chunk):
         flat = total.reshape(total.shape[0], -1)
         sum_max = max(sum_max, float(flat.max()))
         image_min.append(flat.min(dim=1).values)

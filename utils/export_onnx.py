@@ -1,4 +1,4 @@
-"""ONNX export of the whole calibrated pipeline, and running the file with onnxruntime.
+"""ONNX export of the whole calibrated pipeline, and running the file with onnxruntime or OpenVINO.
 
 One graph: normalisation, encoder taps, every decoder (fused, no fiber loop), map assembly
 (``custom_models/anomaly_model.py``). Input ``image``: B x 3 x inp x inp RGB in [0, 1], the
@@ -41,8 +41,22 @@ def export_onnx(model, path: str) -> None:
     atomic_write(path, write)
 
 
+def onnx_metadata(path: str):
+    """(settings, calibration) in an export's metadata, or a one-line error for another ONNX file."""
+    import onnx
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # a broken or non-ONNX file
+        raise CflowError(f'cannot load ONNX model {path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})') from None
+    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    if 'cflow_calibration' not in meta:
+        raise CflowError(f'{path} is not an ONNX export of this project (no calibration in its metadata): '
+                         f'export it with --action-type export')
+    return json.loads(meta['cflow_settings']), json.loads(meta['cflow_calibration'])
+
+
 class OnnxModel:
-    """``predict``'s model when ``--checkpoint`` is an .onnx file: same inputs and outputs as AnomalyModel."""
+    """An exported file run by onnxruntime: images in [0, 1] -> (maps, scores), as AnomalyModel."""
 
     def __init__(self, path: str, threads: int = 0, spinning: bool = True):
         try:
@@ -69,3 +83,35 @@ class OnnxModel:
     def __call__(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         maps, scores = self.session.run(list(OUTPUTS), {INPUT: images.numpy().astype(np.float32, copy=False)})
         return maps, scores
+
+
+class OpenVinoModel:
+    """The same, run by OpenVINO's CPU plugin (anomalib's recommended CPU runtime), in fp32: the
+    precision hint is set explicitly, since its default is bf16 on CPUs that have it. One compiled
+    model per batch size (static shapes run faster than the dynamic batch axis)."""
+
+    def __init__(self, path: str, threads: int = 0):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise CflowError('running an .onnx model with OpenVINO needs openvino: pip install openvino') from None
+        self.settings, self.calibration = onnx_metadata(path)
+        self.input_size = int(self.settings['input_size'])
+        self.core = ov.Core()
+        self.model = self.core.read_model(path)
+        self.config = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY'}
+        if threads:
+            self.config['INFERENCE_NUM_THREADS'] = int(threads)
+        self.compiled = {}
+
+    def compiled_for(self, batch: int):
+        if batch not in self.compiled:
+            model = self.model.clone()
+            model.reshape({model.inputs[0].get_any_name(): [batch, 3, self.input_size, self.input_size]})
+            self.compiled[batch] = self.core.compile_model(model, 'CPU', self.config)
+        return self.compiled[batch]
+
+    def __call__(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        compiled = self.compiled_for(images.shape[0])
+        result = compiled(images.numpy().astype(np.float32, copy=False))
+        return (np.asarray(result[compiled.output(OUTPUTS[0])]), np.asarray(result[compiled.output(OUTPUTS[1])]))

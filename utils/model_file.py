@@ -10,12 +10,15 @@ Three kinds of file hold a model:
   stock ImageNet network (else recorded by name and checked by SHA-256 when loaded), and a
   small JSON of settings and calibration in the file's metadata;
 * the ONNX export (``.onnx``, ``utils/export_onnx.py``), which ``predict`` runs with onnxruntime.
+
+``stated_settings`` reads what any of them states (settings, calibration) without building the
+model: ``config.derive`` applies it once, before any action runs.
 """
 import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -25,7 +28,7 @@ from custom_models.flows import build_decoders
 from utils.atomic import atomic_write
 from utils.calibration import CALIBRATION_KEY
 from utils.checkpoint import (describe_decoder_state, load_checkpoint_decoders, load_checkpoint_encoder,
-                              read_checkpoint)
+                              read_checkpoint, save_checkpoint)
 from utils.errors import CflowError
 
 COMPACT_FORMAT = 'cflow-ad-compact/1'
@@ -66,26 +69,65 @@ def stock_imagenet_checksum(arch: str) -> Optional[str]:
 # Reading
 
 
-def read_model(path: str, settings: dict) -> LoadedModel:
+def checkpoint_settings(state: dict) -> Optional[dict]:
+    """What an authors' checkpoint's tensors tell: encoder, pool layers, coupling blocks and decoder
+    kind (not the input size or normalisation, which no tensor holds); None where they cannot tell."""
+    arch = guess_encoder_arch(state['encoder_state_dict'])
+    desc = describe_decoder_state(state['decoder_state_dict'][0]) if state['decoder_state_dict'] else {}
+    if arch is None or not desc.get('channels'):
+        return None
+    return dict(enc_arch=arch, pool_layers=len(state['decoder_state_dict']), coupling_blocks=desc['blocks'],
+                dec_arch='freia-cflow' if desc['conditional'] else 'freia-flow')
+
+
+def stated_settings(path: str, weights_architecture: bool = True) -> Tuple[dict, Optional[dict]]:
+    """(settings, calibration or None) that a model file states, read without building the model:
+    a compact file's or an ONNX export's metadata; a calibrated .pt's recorded settings; an
+    uncalibrated one's architecture from its tensors (through a memory map, so the weights are not
+    read), unless ``weights_architecture`` is False (norm-test: the flags say it, as published, and
+    the loader checks each against the weights). What cannot be told is left out ({} for a .pt that
+    is not a readable checkpoint: its full load reports why)."""
+    if not os.path.isfile(path):
+        raise CflowError(f'model file {path} does not exist: check the path')
+    if path.endswith('.safetensors'):
+        return compact_settings(path), compact_calibration(path)
+    if path.endswith('.onnx'):
+        from utils.export_onnx import onnx_metadata
+        settings, calibration = onnx_metadata(path)
+        return settings, calibration
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # not a zip-format file, or not a checkpoint
+        return {}, None
+    if not isinstance(state, dict) or 'encoder_state_dict' not in state or 'decoder_state_dict' not in state:
+        return {}, None
+    calibration = state.get(CALIBRATION_KEY)
+    if calibration is not None:
+        return dict(calibration['settings']), calibration
+    return (checkpoint_settings(state) or {}) if weights_architecture else {}, None
+
+
+def read_model(path: str, defaults: dict, weights_architecture: bool = True) -> LoadedModel:
     """Load a .pt or .safetensors model on the CPU.
 
-    ``settings``: the caller's (flags') settings, used where the file does not state them
-    (an uncalibrated authors' checkpoint holds no input size or normalisation).
+    ``defaults``: settings for what the file does not state (an uncalibrated authors' checkpoint
+    holds no input size or normalisation). Its architecture is taken from its weights unless
+    ``weights_architecture`` is False: then ``defaults`` say it and every mismatch is an error
+    naming expected and found (norm-test, as ``stated_settings`` explains).
     """
     if path.endswith('.safetensors'):
         return read_compact(path)
     state = read_checkpoint(path)
     calibration = state.get(CALIBRATION_KEY)
-    found = dict(settings)
     if calibration is not None:
-        found.update(calibration['settings'])
-    else:  # what the tensors tell: encoder, pool layers, blocks, decoder kind
-        arch = guess_encoder_arch(state['encoder_state_dict'])
-        desc = describe_decoder_state(state['decoder_state_dict'][0]) if state['decoder_state_dict'] else {}
-        if arch is None or not desc.get('channels'):
+        stated = dict(calibration['settings'])
+    elif weights_architecture:
+        stated = checkpoint_settings(state)
+        if stated is None:
             raise CflowError(f'checkpoint {path}: cannot tell its encoder or decoders from the weights')
-        found.update(enc_arch=arch, pool_layers=len(state['decoder_state_dict']), coupling_blocks=desc['blocks'],
-                     dec_arch='freia-cflow' if desc['conditional'] else 'freia-flow')
+    else:
+        stated = {}
+    found = {**defaults, **stated}
     encoder = build_encoder(found['enc_arch'], found['pool_layers'], 'none')
     load_checkpoint_encoder(state, path, encoder)
     decoders = build_decoders(found['dec_arch'], encoder.pool_dims, found['coupling_blocks'])
@@ -93,16 +135,28 @@ def read_model(path: str, settings: dict) -> LoadedModel:
     return LoadedModel(encoder, decoders, found, calibration)
 
 
-def compact_settings(path: str) -> dict:
-    """The settings in a compact file's header (the tensors are not read)."""
+def compact_metadata(path: str) -> dict:
+    """A compact file's header (the tensors are not read)."""
     from safetensors import safe_open
     if not os.path.isfile(path):
         raise CflowError(f'model file {path} does not exist: check the path')
     try:
         with safe_open(path, framework='pt') as f:
-            return json.loads((f.metadata() or {})['settings'])
+            meta = f.metadata() or {}
+        json.loads(meta['settings'])
+        return meta
     except Exception as exc:  # a broken header, or not our file
         raise CflowError(f'{path} is not a CFLOW-AD compact model file ({type(exc).__name__}: {exc})') from None
+
+
+def compact_settings(path: str) -> dict:
+    """The settings in a compact file's header."""
+    return json.loads(compact_metadata(path)['settings'])
+
+
+def compact_calibration(path: str) -> Optional[dict]:
+    meta = compact_metadata(path)
+    return json.loads(meta['calibration']) if 'calibration' in meta else None
 
 
 def read_compact(path: str) -> LoadedModel:
@@ -168,3 +222,14 @@ def save_compact(path: str, model: LoadedModel) -> dict:
         meta['calibration'] = json.dumps(model.calibration)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return {'encoder_stored': stored, 'tensors': len(tensors)}
+
+
+def write_model(path: str, model: LoadedModel) -> None:
+    """An authors'-format .pt (calibration as an extra key) or a compact .safetensors, by extension."""
+    if path.endswith('.safetensors'):
+        save_compact(path, model)
+    elif path.endswith(('.pt', '.pth')):
+        extra = {CALIBRATION_KEY: model.calibration} if model.calibration is not None else None
+        save_checkpoint(path, model.encoder, model.decoders, extra=extra)
+    else:
+        raise CflowError(f'--output {path}: name it .pt (authors\' format) or .safetensors (compact)')

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
-from config import model_name
 from custom_datasets.mvtec import MVTEC_CLASS_NAMES
 from utils.errors import CflowError
+from utils.results import model_name
 
 PUBLISHED_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'published.json')
 

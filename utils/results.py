@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from utils.atomic import atomic_write_text, create_exclusive
@@ -87,27 +88,46 @@ def summary_line(observers: Dict[str, ScoreObserver], class_name: str) -> str:
             f'for {class_name}\n')
 
 
-def run_stem(c) -> str:
-    return os.path.join(c.results_dir, f'{c.model}_{c.run_date}')
+def model_name(dataset: str, enc: str, dec: str, pool_layers: int, coupling_blocks: int, input_size: int,
+               run: int, class_name: str) -> str:
+    """The published run name: ``{dataset}_{enc}_{dec}_pl{pl}_cb{cb}_inp{inp}_run{run}_{class}``."""
+    return f'{dataset}_{enc}_{dec}_pl{pool_layers}_cb{coupling_blocks}_inp{input_size}_run{run}_{class_name}'
 
 
-def reserve_run(c) -> str:
-    """Claim ``results/{model}_{date}.json`` for this run and return the stem.
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one run's files go: its date (the published name's, made unique) picks them all."""
+    results_dir: str
+    weights_dir: str
+    model: str
+    date: str
+    viz_dir: str
+
+    @property
+    def stem(self) -> str:
+        return os.path.join(self.results_dir, f'{self.model}_{self.date}')
+
+    def checkpoint(self, suffix: str = '') -> str:
+        return os.path.join(self.weights_dir, f'{self.model}_{self.date}{suffix}.pt')
+
+
+def reserve_run(c) -> RunFiles:
+    """Claim ``results/{model}_{date}.json`` for this run and return where its files go.
 
     Two runs started in the same second with the same settings would share a name; the
     second gets ``{date}-2`` (then -3, ...), and its checkpoints and figures follow it.
     """
-    base = c.run_date
     for k in itertools.count(1):
-        c.run_date = base if k == 1 else f'{base}-{k}'
-        placeholder = json.dumps({'model': c.model, 'date': c.run_date, 'status': 'starting', 'complete': False})
-        if create_exclusive(run_stem(c) + '.json', placeholder):
-            c.viz_dir = os.path.join(c.output_dir, 'viz', f'{c.model}_{c.run_date}')
-            return run_stem(c)
+        date = c.run_date if k == 1 else f'{c.run_date}-{k}'
+        run = RunFiles(c.results_dir, c.weights_dir, c.model, date,
+                       os.path.join(c.output_dir, 'viz', f'{c.model}_{date}'))
+        placeholder = json.dumps({'model': c.model, 'date': date, 'status': 'starting', 'complete': False})
+        if create_exclusive(run.stem + '.json', placeholder):
+            return run
 
 
-def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], checkpoints: List[str],
-                  status: str = 'complete', extra: Optional[dict] = None) -> Dict[str, str]:
+def write_results(c, run: RunFiles, observers: Dict[str, ScoreObserver], history: List[dict],
+                  checkpoints: List[str], status: str = 'complete', extra: Optional[dict] = None) -> Dict[str, str]:
     """Write the text and JSON result files (atomically); return their paths.
 
     Called after every meta epoch with ``status='running'`` and at the end with
@@ -115,7 +135,7 @@ def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], c
     ``"complete": true``, which is what the reproduce runner trusts, and only a complete run
     gets the published ``.txt`` line (the authors' collection script takes every one it finds).
     """
-    stem = run_stem(c)
+    stem = run.stem
     files = {'json': stem + '.json'}
     # the authors' collection script reads every .txt: finished runs with metrics only
     if history and status == 'complete' and any(o.last is not None for o in observers.values()):
@@ -123,11 +143,11 @@ def write_results(c, observers: Dict[str, ScoreObserver], history: List[dict], c
         files['text'] = stem + '.txt'
     report = {
         'model': c.model,
-        'date': c.run_date,
+        'date': run.date,
         'seed': c.seed,
         'status': status,
         'complete': status == 'complete',
-        'settings': {k: v for k, v in sorted(vars(c).items())},
+        'settings': dict(sorted(c.items().items())),
         'epochs': history,
         # a metric that was never computed (AUPRO without --pro) is missing (null), not 0
         'max': {name: {'value': o.max_score if o.last is not None else None, 'epoch': o.max_epoch}

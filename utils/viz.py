@@ -110,9 +110,9 @@ def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1[:-1])])
 
 
-def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                         masks: np.ndarray, epoch: int, calibration: dict = None) -> str:
-    """Write the figures of the test pass of ``epoch`` into ``c.viz_dir`` and return it.
+    """Write the figures of the test pass of ``epoch`` into ``folder`` and return it.
 
     Per image, predict's picture (``overlay_picture``) beside the ground truth. With a
     ``calibration``, ``maps`` are the calibrated ones and the picture shows the stored thresholds
@@ -123,7 +123,7 @@ def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels
     from matplotlib.ticker import MaxNLocator
     from utils.calibration import f1_optimal_threshold as image_oracle
     from utils.calibration import mask_threshold
-    os.makedirs(c.viz_dir, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     labelled = bool(labels.any()) and not bool(labels.all())
     oracle_image = image_oracle(labels, scores) if labelled else None
     if calibration is not None:
@@ -152,7 +152,7 @@ def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels
         defect = os.path.basename(os.path.dirname(path))
         name = os.path.splitext(os.path.basename(path))[0]
         from utils.atomic import atomic_write
-        atomic_write(os.path.join(c.viz_dir, f'{i:04d}_{defect}_{name}.png'),
+        atomic_write(os.path.join(folder, f'{i:04d}_{defect}_{name}.png'),
                      lambda tmp: sheet.save(tmp, format='PNG', compress_level=1))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     marks = [(t, name) for t, name in ((calibration['image_threshold'] if calibration else None,
@@ -173,8 +173,8 @@ def save_visualizations(c, dataset, maps: np.ndarray, scores: np.ndarray, labels
     ax.set_title(f'{c.class_name}: image scores at epoch {epoch}')
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, os.path.join(c.viz_dir, 'score_histogram.png'))
-    return c.viz_dir
+    save_figure(fig, os.path.join(folder, 'score_histogram.png'))
+    return folder
 
 
 def save_figure(fig, path: str) -> None:

@@ -1,0 +1,247 @@
+"""A calibrated model in your own program: ``load_model(path).predict(inputs)``.
+
+    from custom_models import load_model
+    model = load_model('model_calibrated.pt')           # or .safetensors, or .onnx (onnxruntime / openvino)
+    result = model.predict('part.png')                   # a path, a PIL image, an H x W x 3 uint8 array
+    result.score, result.defective, result.mask          # or a 3 x H x W float tensor in [0, 1]
+    results = model.predict([path, image, array], batch_size=8)
+
+Every input is resized the published way (``custom_datasets.common.to_model_input``), scored by
+the calibrated model (``custom_models.scoring.deployable``, or its ONNX export), and given back
+at its own size: the anomaly map (bilinear from the model's inp x inp map), the decision
+(score > t_I) and the mask (A > t_M at the model's resolution, nearest-resized; empty when
+decided good). ``predict.py`` runs this same object, so the command line and Python agree.
+
+Thresholds (``Thresholds``): the stored ones, or moved by one sensitivity S, or set absolutely:
+
+    t(S) = t_stored / S     for t_I and t_P;   S = 1: stored, S = 2: twice as sensitive (half the
+                            anomaly flags an image; larger masks), S = 0.5: half as sensitive
+
+Anomaly values are 0 at the most normal calibration pixel and grow with the anomaly, so a
+ratio of thresholds means the same at any scale. The stored calibration never changes here.
+"""
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from custom_datasets.common import read_rgb, resize_mask, to_model_input, to_rgb
+from utils.calibration import MASK_PEAK_SHARE
+from utils.errors import CflowError
+
+RUNTIMES = ('torch', 'onnxruntime', 'openvino')
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds one prediction uses: t_I decides, t_M = max(t_P, t_I + share (score - t_I)) masks."""
+    image: float          # t_I
+    pixel: float          # t_P
+    mask_peak_share: float
+    source: str           # 'stored', 'sensitivity 2', 'set: --image-threshold ...'
+
+    def mask(self, score: float) -> float:
+        return max(self.pixel, self.image + self.mask_peak_share * (float(score) - self.image))
+
+    def as_dict(self) -> dict:
+        return {'image_threshold': self.image, 'pixel_threshold': self.pixel,
+                'mask_peak_share': self.mask_peak_share, 'thresholds': self.source}
+
+
+def check_threshold_options(image_threshold: Optional[float], pixel_threshold: Optional[float],
+                            sensitivity: Optional[float]) -> None:
+    """A one-line error for a sensitivity combined with absolute thresholds, or one that is not above 0."""
+    if sensitivity is None:
+        return
+    if image_threshold is not None or pixel_threshold is not None:
+        raise CflowError('--sensitivity moves both stored thresholds; it cannot be combined with '
+                         '--image-threshold/--pixel-threshold: pass one or the other')
+    if not sensitivity > 0:
+        raise CflowError(f'--sensitivity must be above 0 (1 = the stored thresholds, 2 = twice as sensitive), '
+                         f'got {sensitivity}')
+
+
+def choose_thresholds(calibration: dict, image_threshold: Optional[float] = None,
+                      pixel_threshold: Optional[float] = None, sensitivity: Optional[float] = None) -> Thresholds:
+    """The stored thresholds, moved by ``sensitivity`` S (t / S), or set absolutely; never both."""
+    check_threshold_options(image_threshold, pixel_threshold, sensitivity)
+    share = calibration.get('mask_peak_share', MASK_PEAK_SHARE)
+    t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
+    if sensitivity is not None:
+        return Thresholds(t_image / sensitivity, t_pixel / sensitivity, share, f'sensitivity {sensitivity:g}')
+    if image_threshold is None and pixel_threshold is None:
+        return Thresholds(t_image, t_pixel, share, 'stored')
+    chosen = [f'{flag} {value:g}' for flag, value in (('--image-threshold', image_threshold),
+                                                      ('--pixel-threshold', pixel_threshold)) if value is not None]
+    return Thresholds(t_image if image_threshold is None else float(image_threshold),
+                      t_pixel if pixel_threshold is None else float(pixel_threshold), share,
+                      'set: ' + ', '.join(chosen))
+
+
+@dataclass
+class Prediction:
+    """One input's result; ``anomaly_map`` and ``mask`` are at the input's own size (height x width)."""
+    score: float
+    defective: bool
+    mask: np.ndarray          # bool, H x W (empty when decided good)
+    thresholds: dict          # t_I, t_P, the mask share, this image's t_M, and where they come from
+    model_map: np.ndarray     # float32, inp x inp: the map as the model made it (overlays draw it)
+    size: Tuple[int, int]     # (width, height) of the input
+
+    @property
+    def anomaly_map(self) -> np.ndarray:
+        """float32 H x W: the model's map resized bilinearly to the input's size (made when asked for)."""
+        return np.asarray(Image.fromarray(self.model_map.astype(np.float32)).resize(self.size, Image.BILINEAR))
+
+
+def as_image(item) -> Image.Image:
+    """A path, a PIL image, an H x W (x 3) uint8 array or a (3 x) H x W float tensor in [0, 1], as RGB."""
+    if isinstance(item, (str, os.PathLike)):
+        return read_rgb(os.fspath(item))
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.dim() == 3 and item.shape[0] in (1, 3):
+            item = item.permute(1, 2, 0)
+        if not item.is_floating_point():
+            raise CflowError(f'a tensor input must be float in [0, 1] (3 x H x W), got {item.dtype}: '
+                             f'divide by 255, or pass the uint8 array as a numpy array')
+        if item.numel() and (item.min() < 0 or item.max() > 1):
+            raise CflowError(f'a tensor input must be in [0, 1], got values in [{float(item.min()):.3g}, '
+                             f'{float(item.max()):.3g}]: pass the image before normalisation')
+        item = (item.numpy() * 255.0).round().astype(np.uint8)  # the published path reads 8-bit images
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise CflowError(f'an array input must be uint8 (H x W x 3, 0-255), got {item.dtype}: pass a float '
+                             f'tensor in [0, 1] instead')
+        if item.ndim == 3 and item.shape[2] == 1:
+            item = item[:, :, 0]
+        if not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
+            raise CflowError(f'an array input must be H x W x 3 (or H x W grey), got shape {item.shape}')
+        return to_rgb(Image.fromarray(item))
+    raise CflowError(f'cannot score a {type(item).__name__}: pass a path, a PIL image, an H x W x 3 uint8 array '
+                     f'or a 3 x H x W float tensor in [0, 1]')
+
+
+class Detector:
+    """A calibrated model with its thresholds: ``score_images`` on model-size tensors, ``result`` per
+    image, ``predict`` on any inputs. Made by ``load_model``."""
+
+    def __init__(self, run: Callable[[torch.Tensor], Tuple[np.ndarray, np.ndarray]], settings: dict,
+                 calibration: dict, runtime: str, source: str, thresholds: Optional[Thresholds] = None):
+        self.run, self.settings, self.calibration, self.runtime = run, settings, calibration, runtime
+        self.source = source  # the model file
+        self.input_size = int(settings['input_size'])
+        self.thresholds = thresholds or choose_thresholds(calibration)
+
+    def model_input(self, image: Image.Image) -> torch.Tensor:
+        return to_model_input(image, self.input_size)
+
+    def score_images(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """(B x inp x inp maps, B scores) as float32 numpy, of B x 3 x inp x inp images in [0, 1]."""
+        return self.run(images)
+
+    def result(self, model_map: np.ndarray, score: float, size: Tuple[int, int]) -> Prediction:
+        """One image's prediction at its own ``size`` = (width, height)."""
+        t = self.thresholds
+        defective = bool(score > t.image)
+        t_mask = t.mask(score)
+        return Prediction(float(score), defective, full_size_mask(model_map, size, t_mask, defective),
+                          {**t.as_dict(), 'mask_threshold': t_mask}, model_map, tuple(size))
+
+    def predict(self, inputs, batch_size: int = 8) -> Union[Prediction, List[Prediction]]:
+        """One input -> one Prediction; a list (or tuple) -> a list, scored ``batch_size`` at a time
+        (results do not depend on it: every image is scored on its own)."""
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        if batch_size < 1:
+            raise CflowError(f'batch_size must be at least 1, got {batch_size}')
+        results = []
+        for start in range(0, len(items), batch_size):
+            images = [as_image(item) for item in items[start:start + batch_size]]
+            maps, scores = self.score_images(torch.stack([self.model_input(image) for image in images]))
+            results += [self.result(maps[j], scores[j], image.size) for j, image in enumerate(images)]
+        return results[0] if single else results
+
+
+def full_size_mask(model_map: np.ndarray, size: Tuple[int, int], threshold: float, defective: bool) -> np.ndarray:
+    """The defect mask at the image's own size: A > t_M at the model's resolution, resized with
+    nearest neighbours (a bilinear resize of the map could empty the mask of an image decided
+    defective). A defective image's mask is never empty: its peak pixel is kept."""
+    if not defective:
+        return np.zeros((size[1], size[0]), dtype=bool)
+    mask = resize_mask(model_map > threshold, size)
+    if not mask.any():  # a peak thinner than one output pixel (an image smaller than the model's input)
+        row, col = np.unravel_index(int(np.argmax(model_map)), model_map.shape)
+        mask = mask.copy()
+        mask[min(size[1] - 1, row * size[1] // model_map.shape[0]),
+             min(size[0] - 1, col * size[0] // model_map.shape[1])] = True
+    return mask
+
+
+def uncalibrated(path: str) -> CflowError:
+    return CflowError(f'{path} has no calibration: pass --calibration-path DIR (defect-free images not used for '
+                      f'training), or calibrate it first with --action-type calibrate --checkpoint {path} '
+                      f'--calibration-path DIR')
+
+
+def torch_runner(module: torch.nn.Module, device: str) -> Callable:
+    module = module.to(device).eval()
+
+    def run(images: torch.Tensor):
+        with torch.inference_mode():
+            maps, scores = module(images.to(device, non_blocking=True))
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
+    return run
+
+
+def detector_from_model(loaded, calibration: Optional[dict], device: str, source: str,
+                        thresholds: Optional[Thresholds] = None) -> Detector:
+    """A Detector of a model read into memory (``utils.model_file.LoadedModel``) on ``device``."""
+    from custom_models.scoring import deployable
+    if calibration is None:
+        raise uncalibrated(source)
+    module = deployable(loaded.encoder, loaded.decoders, loaded.settings, calibration)
+    return Detector(torch_runner(module, device), loaded.settings, calibration, 'torch', source,
+                    thresholds or choose_thresholds(calibration))
+
+
+def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, threads: int = 0,
+               image_threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+               sensitivity: Optional[float] = None) -> Detector:
+    """Open a calibrated ``.pt``, a compact ``.safetensors`` or an exported ``.onnx``.
+
+    ``runtime``: ``torch`` (default for .pt/.safetensors, on ``device``), ``onnxruntime`` (default
+    for .onnx) or ``openvino`` (.onnx, CPU, fp32). The file's own settings (input size,
+    normalisation) are used; an uncalibrated model is refused with the command that calibrates it.
+    ``threads``: CPU threads of onnxruntime/OpenVINO (0 = their default). ``image_threshold``,
+    ``pixel_threshold``, ``sensitivity``: see ``Thresholds`` (the file is not changed).
+    """
+    path = os.fspath(path)
+    is_onnx = path.endswith('.onnx')
+    runtime = runtime or ('onnxruntime' if is_onnx else 'torch')
+    if runtime not in RUNTIMES:
+        raise CflowError(f'unknown runtime {runtime!r}: choose one of {", ".join(RUNTIMES)}')
+    if is_onnx != (runtime != 'torch'):
+        raise CflowError(f'runtime {runtime} runs ' + ('.pt and .safetensors files' if runtime == 'torch' else
+                         '.onnx files') + f', not {os.path.basename(path)}: ' +
+                         ('pick --runtime onnxruntime or openvino' if is_onnx else
+                          f'export it first (--action-type export --checkpoint {path} --output model.onnx)'))
+    if is_onnx:
+        from utils.export_onnx import OnnxModel, OpenVinoModel
+        model = (OnnxModel if runtime == 'onnxruntime' else OpenVinoModel)(path, threads=threads)
+        return Detector(model, model.settings, model.calibration, runtime, path,
+                        choose_thresholds(model.calibration, image_threshold, pixel_threshold, sensitivity))
+    from utils.model_file import read_model, stated_settings
+    settings, _ = stated_settings(path)
+    if not {'input_size', 'norm_mean', 'norm_std'} <= set(settings):  # an authors' checkpoint, uncalibrated
+        raise uncalibrated(path)
+    loaded = read_model(path, settings)
+    if loaded.calibration is None:
+        raise uncalibrated(path)
+    return detector_from_model(loaded, loaded.calibration, device, path,
+                               choose_thresholds(loaded.calibration, image_threshold, pixel_threshold, sensitivity))

@@ -1,0 +1,142 @@
+"""The project's layering, checked from the source: verbs at the top level do not import each other,
+the import graph has no cycle (imports inside functions included), each shared piece exists once,
+settings are derived once, and the README's Layout paragraph matches the tree."""
+import ast
+import os
+import re
+
+import pytest
+
+from tests.conftest import ROOT
+
+VERBS = {'train', 'calibrate', 'predict', 'export', 'reproduce'}  # one --action-type (or runner) each
+PACKAGES = ('custom_datasets', 'custom_models', 'utils')
+
+
+def project_modules():
+    """{module name: path} of every project module (tests excluded); a package's __init__ is the package."""
+    found = {}
+    for name in os.listdir(ROOT):
+        if name.endswith('.py'):
+            found[name[:-3]] = os.path.join(ROOT, name)
+    for package in PACKAGES:
+        for name in os.listdir(os.path.join(ROOT, package)):
+            if name.endswith('.py'):
+                module = package if name == '__init__.py' else f'{package}.{name[:-3]}'
+                found[module] = os.path.join(ROOT, package, name)
+    return found
+
+
+def import_graph():
+    """{module: set of project modules it imports}: every import statement, at any depth (functions too).
+    ``from a import b`` counts as importing ``a.b`` when that is a module, else ``a``."""
+    modules = project_modules()
+    graph = {}
+    for module, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module in modules and node.level == 0:
+                subs = {f'{node.module}.{a.name}' for a in node.names} & set(modules)
+                names_only = [a for a in node.names if f'{node.module}.{a.name}' not in modules]
+                edges |= subs | ({node.module} if names_only else set())
+        graph[module] = edges - {module}
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = 'open'
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 'open':
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 'done'
+        return None
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert {'main', 'config', 'custom_models.scoring', 'custom_models.detector'} <= set(graph)
+    assert find_cycle(graph) is None, ' -> '.join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_one():
+    """The check above would catch a cycle: one through an import inside a function, too."""
+    assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+    assert find_cycle({'a': {'b'}, 'b': set()}) is None
+    source = 'def f():\n    from calibrate import x\n'
+    tree = ast.parse(source)
+    assert any(isinstance(n, ast.ImportFrom) and n.module == 'calibrate' for n in ast.walk(tree))
+
+
+def test_no_verb_imports_another_and_packages_import_no_verb():
+    graph = import_graph()
+    top_level = {m for m in graph if '.' not in m and m not in PACKAGES}
+    assert VERBS <= top_level
+    for verb in VERBS:
+        allowed = {'config'} | ({'main'} if verb == 'reproduce' else set())  # the runner replays command lines
+        assert not (graph[verb] & top_level) - allowed, (verb, graph[verb] & top_level)
+    assert graph['main'] & top_level == VERBS - {'reproduce'} | {'config'}  # main only dispatches
+    assert not graph['bench'] & VERBS, graph['bench'] & VERBS  # it measures library pieces and whole commands
+    for module, edges in graph.items():
+        if module.split('.')[0] in PACKAGES:
+            assert not edges & top_level, (module, edges & top_level)
+
+
+def definitions(pattern):
+    """Modules whose source matches ``pattern`` (a regular expression), tests excluded."""
+    return sorted(m for m, path in project_modules().items() if re.search(pattern, open(path).read()))
+
+
+def test_each_shared_piece_exists_once():
+    # one map assembly: the bilinear upsampling of the per-layer probabilities
+    assert definitions(r"mode='bilinear', align_corners=True") == ['utils.anomaly_map']
+    # one published resize of an image into a model
+    assert definitions(r'LANCZOS') == ['custom_datasets.common']
+    # one scoring of images with a model (the test pass, calibration, predict and export use it)
+    assert definitions(r'def score_batch\(|def score_loader\(|def calibrate_images\(|def deployable\(') == \
+        ['custom_models.scoring']
+    assert definitions(r'def load_model\(') == ['custom_models', 'custom_models.detector']
+    # one overflow guard of exp(log p - shift), in that assembly (the model had its own copy)
+    assert definitions(r'EXP_LIMIT = ') == ['utils.anomaly_map']
+
+
+def test_settings_are_derived_once_and_no_action_writes_them(tmp_path):
+    from config import parse_config
+    c = parse_config(['--dataset', 'demo', '--no-cuda', '--output-dir', str(tmp_path)])
+    with pytest.raises(AttributeError, match='derived once, in config.derive'):
+        c.input_size = 64
+    changed = c.replace(input_size=64)
+    assert changed.input_size == 64 and c.input_size == 128  # a copy, itself frozen
+    with pytest.raises(AttributeError):
+        changed.batch_size = 1
+
+
+def layout_paragraph():
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    start = text.index('## Layout')
+    end = text.find('\n## ', start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_readme_layout_names_every_module_and_nothing_else():
+    layout = layout_paragraph()
+    named = set(re.findall(r'^- `([\w/]+\.py)`', layout, re.M))
+    tree = {os.path.relpath(p, ROOT) for p in project_modules().values() if os.path.getsize(p)}  # empty __init__s aside
+    assert named == tree, {'missing in README': sorted(tree - named), 'not in the tree': sorted(named - tree)}
