@@ -23,8 +23,9 @@ Measures, each as a ratio to its baseline measured in the same run:
 * with ``--checkpoint`` (trained by the README's demo command): each fast mode's effect
   on the demo's detection/localization AUROC and AUPRO;
 * predict (``--action-type predict``) on a folder of image files: the deployable model in
-  PyTorch and under onnxruntime against the encoder alone, at ``--predict-batch``, and the
-  whole predict command (loading with worker processes, scoring, writing maps and masks).
+  PyTorch, under onnxruntime and under OpenVINO against the encoder alone, at each
+  ``--predict-batch``, and the whole predict command (loading with worker processes, scoring,
+  writing maps and masks) on each runtime.
 
 Weights are random (seeded): speed does not depend on them, and no download is needed.
 """
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'also report each fast mode\'s effect on the demo metrics')
     p.add_argument('--predict-images', default=48, type=int, help='predict: image files in the folder')
     p.add_argument('--predict-image-size', default=512, type=int, help='predict: side of the PNG files')
-    p.add_argument('--predict-batch', default=1, type=int, help='predict: images per model call')
+    p.add_argument('--predict-batch', default='1,8', help='predict: images per model call, comma-separated (the '
+                   'whole command runs at the first) (default: 1,8)')
     p.add_argument('--train-encoders', default='resnet18,mobilenet_v3_large,wide_resnet50_2',
                    help='training: encoders to time, comma-separated')
     p.add_argument('--train-batch', default=8, type=int,
@@ -300,7 +302,7 @@ def bench_predict(a, rows):
     from custom_datasets.inputs import ImageFiles, collate
     from main import main as run_main
     from utils.calibration import calibrate_from_log_probs
-    from utils.export_onnx import OnnxModel, export_onnx
+    from utils.export_onnx import OnnxModel, OpenVinoModel, export_onnx
     from utils.model_file import LoadedModel, write_model
     encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -323,33 +325,43 @@ def bench_predict(a, rows):
         write_model(checkpoint, LoadedModel(encoder, decoders, settings, calibration))
         export_onnx(model, onnx_path)
         onnx_model = OnnxModel(onnx_path, spinning=False)  # its idle threads must not eat the others' cores
-        batches = [torch.rand(a.predict_batch, 3, a.input_size, a.input_size) for _ in range(max(8 // a.predict_batch, 2))]
+        openvino_model = OpenVinoModel(onnx_path)  # CPU plugin, fp32 precision hint
 
-        def over_batches(fn):
+        def over_batches(fn, batches):
             def run():
                 with torch.inference_mode():
                     for x in batches:
                         fn(x)
             return run
-        paths = {'encoder only (limit)': over_batches(lambda x: encoder((x - model.mean) / model.std)),
-                 'predict model, PyTorch': over_batches(model),
-                 'predict model, onnxruntime': over_batches(onnx_model)}
-        seconds = interleaved(paths, a.rounds, 'cpu')
-        n = len(batches) * a.predict_batch
-        with torch.inference_mode():
-            reference = model(batches[0])[0].numpy()
-        deviation = np.abs(onnx_model(batches[0])[0] - reference).max() / np.abs(reference).max()
-        rows += [(f'{name} (batch {a.predict_batch})', speed, ratio, notes) for name, speed, ratio, notes in
-                 speed_rows(seconds, n, 'encoder only (limit)',
-                            {'predict model, onnxruntime': f'max rel. diff vs PyTorch {deviation:.1e}'})]
+        for size in [int(b) for b in str(a.predict_batch).split(',')]:
+            batches = [torch.rand(size, 3, a.input_size, a.input_size) for _ in range(max(8 // size, 2))]
+            paths = {'encoder only (limit)': over_batches(lambda x: encoder((x - model.mean) / model.std), batches),
+                     'predict model, PyTorch': over_batches(model, batches),
+                     'predict model, onnxruntime': over_batches(onnx_model, batches),
+                     'predict model, OpenVINO': over_batches(openvino_model, batches)}
+            seconds = interleaved(paths, a.rounds, 'cpu')
+            with torch.inference_mode():
+                reference = model(batches[0])[0].numpy()
+            notes = {name: f'max diff vs PyTorch {np.abs(run(batches[0])[0] - reference).max() / np.ptp(reference):.1e} '
+                           f'of the map range' for name, run in (('predict model, onnxruntime', onnx_model),
+                                                                 ('predict model, OpenVINO', openvino_model))}
+            ratios = [o / v for o, v in zip(seconds['predict model, onnxruntime'], seconds['predict model, OpenVINO'])]
+            notes['predict model, OpenVINO'] += (f'; {np.median(ratios):.2f}x onnxruntime '
+                                                 f'[{min(ratios):.2f}-{max(ratios):.2f}]')
+            rows += [(f'{name} (batch {size})', speed, ratio, note) for name, speed, ratio, note in
+                     speed_rows(seconds, len(batches) * size, 'encoder only (limit)', notes)]
         # the whole command: decode + resize in worker processes, score, write overlays, masks and tables
         workers = min(2, os.cpu_count() or 1)
         commands = {}
+        command_batch = int(str(a.predict_batch).split(',')[0])
         for name, path, extra in (('predict command, PyTorch', checkpoint, []),
                                   ('predict command, onnxruntime', onnx_path, []),
-                                  ('predict command, onnxruntime, --scores-only', onnx_path, ['--scores-only'])):
+                                  ('predict command, OpenVINO', onnx_path, ['--runtime', 'openvino']),
+                                  ('predict command, onnxruntime, --scores-only', onnx_path, ['--scores-only']),
+                                  ('predict command, OpenVINO, --scores-only', onnx_path,
+                                   ['--runtime', 'openvino', '--scores-only'])):
             argv = ['--action-type', 'predict', '--checkpoint', path, '--input', folder, '--no-cuda',
-                    '--workers', str(workers), '-bs', str(a.predict_batch), '--output-dir',
+                    '--workers', str(workers), '-bs', str(command_batch), '--output-dir',
                     os.path.join(root, 'out')] + extra
 
             def command(argv=argv):
@@ -358,7 +370,7 @@ def bench_predict(a, rows):
                         raise RuntimeError(f'predict failed: {argv}')
             commands[name] = command
         loader = torch.utils.data.DataLoader(ImageFiles(list_images(folder), a.input_size),
-                                             batch_size=a.predict_batch, num_workers=workers,
+                                             batch_size=command_batch, num_workers=workers,
                                              collate_fn=collate)
 
         def load_only():
@@ -367,7 +379,7 @@ def bench_predict(a, rows):
         commands[f'loading only ({workers} workers)'] = load_only
         seconds = interleaved(commands, max(2, a.rounds // 2), 'cpu')
         rows += speed_rows(seconds, a.predict_images, None,
-                           {k: f'{a.predict_images} PNG files {a.predict_image_size}px, batch {a.predict_batch}'
+                           {k: f'{a.predict_images} PNG files {a.predict_image_size}px, batch {command_batch}'
                             for k in commands})
 
 

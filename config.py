@@ -290,6 +290,12 @@ def derive(c, given: Optional[set] = None) -> Settings:
         raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
     if c.action_type == 'predict' and not c.input:
         raise CflowError('--action-type predict needs --input PATH (an image, a folder or a video)')
+    predict_only = [flag for flag, dest in (('--runtime', 'runtime'), ('--sensitivity', 'sensitivity'),
+                                            ('--image-threshold', 'image_threshold'),
+                                            ('--pixel-threshold', 'pixel_threshold')) if getattr(c, dest) is not None]
+    if predict_only and c.action_type != 'predict':
+        raise CflowError(f'{predict_only[0]} is for --action-type predict (it does not change a model file): drop it, '
+                         f'or pass --action-type predict')
     if c.action_type == 'predict':
         from custom_models.detector import check_threshold_options
         check_threshold_options(c.image_threshold, c.pixel_threshold, c.sensitivity)

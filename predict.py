@@ -3,8 +3,10 @@
     python main.py --action-type predict --checkpoint FILE --input PATH --output-dir DIR
 
 ``--checkpoint``: a calibrated ``.pt`` (authors' format + calibration), a compact
-``.safetensors`` or an exported ``.onnx`` (run with onnxruntime). ``--input``: an image, a
-folder (recursively, any supported format) or a video (decoded frame by frame with PyAV).
+``.safetensors`` or an exported ``.onnx`` (onnxruntime, or ``--runtime openvino``). ``--input``:
+an image, a folder (recursively, any supported format) or a video (decoded frame by frame with
+PyAV). Scoring is ``custom_models.load_model``'s detector, the same as from Python; thresholds
+are the stored ones unless ``--sensitivity`` or ``--image-threshold``/``--pixel-threshold``.
 Writes under DIR (default: ``predictions/<input name>``), each file atomically:
 
     overlays/<path>.png       the image with its anomaly map (fixed colour scale 0 .. 2 x threshold);
@@ -50,7 +52,7 @@ def open_detector(c) -> Detector:
     """The calibrated model of ``--checkpoint`` with the thresholds the flags choose; an uncalibrated
     .pt or .safetensors is calibrated on ``--calibration-path`` first (the file is not changed)."""
     options = dict(image_threshold=c.image_threshold, pixel_threshold=c.pixel_threshold, sensitivity=c.sensitivity)
-    if c.checkpoint.endswith('.onnx') or not c.calibration_path:
+    if c.checkpoint.endswith('.onnx') or not c.calibration_path or c.runtime not in (None, 'torch'):
         return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, **options)
     loaded = read_model(c.checkpoint, model_settings(c))
     loaded.encoder.to(c.device)
@@ -199,7 +201,6 @@ def run_predict(c) -> dict:
     start = time.time()
     status, error = 'failed', None
     writer = BackgroundWriter()
-    which = 'stored' if t.source == 'stored' else t.source
     try:
         for images, items in progress(batches, total=-(-total // c.batch_size) if total else None, desc='predict'):
             keep = [i for i, item in enumerate(items) if item[2] is not None]
@@ -225,7 +226,7 @@ def run_predict(c) -> dict:
                     overlay = overlay_picture(
                         display, result.model_map, result.mask, 2 * t.image, marks,
                         f'{"DEFECTIVE" if result.defective else "good"}: score {result.score:.3g}, image threshold '
-                        f't_I {t.image:.3g} ({which})' + (f'; mask: A > t_M {t_mask:.3g}' if result.defective else ''),
+                        f't_I {t.image:.3g} ({t.source})' + (f'; mask: A > t_M {t_mask:.3g}' if result.defective else ''),
                         result.defective)
                     writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
                     writer.submit(save_png, os.path.join(mask_dir, name),

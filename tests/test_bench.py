@@ -25,9 +25,14 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
     assert aupro_rows and float(aupro_rows[0][3].split()[-1]) <= 1e-6
     assert any(name.startswith('loader, 0 workers') for name in by_name)
     assert re.fullmatch(r'[\d.]+ MB', by_name['checkpoint size'][0])
-    onnx = by_name['predict model, onnxruntime (batch 1)']
-    assert re.fullmatch(RATIO, onnx[1]) and float(onnx[2].split()[-1]) <= 1e-4  # ONNX = PyTorch to 1e-4
-    for name in ('predict command, PyTorch', 'predict command, onnxruntime', 'loading only (2 workers)'):
+    for batch in (1, 8):
+        for runtime in ('onnxruntime', 'OpenVINO'):  # the exported graph = PyTorch to 1e-4 of the map's range
+            speed, ratio, notes = by_name[f'predict model, {runtime} (batch {batch})']
+            assert re.fullmatch(SPEED, speed) and re.fullmatch(RATIO, ratio)
+            assert float(re.search(r'max diff vs PyTorch ([\d.e+-]+)', notes).group(1)) <= 1e-4
+        assert re.search(r'; [\d.]+x onnxruntime', by_name[f'predict model, OpenVINO (batch {batch})'][2])
+    for name in ('predict command, PyTorch', 'predict command, onnxruntime', 'predict command, OpenVINO',
+                 'predict command, OpenVINO, --scores-only', 'loading only (2 workers)'):
         assert re.fullmatch(SPEED, by_name[name][0])
     train = {name: row for name, row in by_name.items() if name.startswith('train resnet18')}
     assert train['train resnet18 published loop (default Adam kernel)'][1] == 'baseline'

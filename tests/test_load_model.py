@@ -165,3 +165,30 @@ def test_an_uncalibrated_model_and_a_wrong_runtime_are_refused(trained, exported
         load_model(checkpoint).predict(torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(CflowError, match='must be in \\[0, 1\\]'):
         load_model(checkpoint).predict(torch.full((3, 8, 8), 2.0))
+
+
+def test_the_readme_example_runs(trained, demo_root, tmp_path, monkeypatch):
+    """The README's Python example, run as written, on this model and two demo images."""
+    import re
+    import shutil
+    from tests.conftest import ROOT
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    code = re.search(r'### From Python\n\n```python\n(.*?)```', text, re.S).group(1)
+    _, checkpoint, _ = trained
+    shutil.copy(checkpoint, tmp_path / 'model_calibrated.pt')
+    for name, source in (('part.png', 'stain'), ('a.png', 'good'), ('b.png', 'scratch')):
+        folder = os.path.join(demo_root, 'textile', 'test', source)
+        shutil.copy(os.path.join(folder, sorted(os.listdir(folder))[0]), tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, 'README.md', 'exec'), scope)
+    assert scope['heat'].shape == scope['mask'].shape == Image.open(tmp_path / 'part.png').size[::-1]
+    result = scope['result']
+    assert len(scope['results']) == 2 and result.defective == (result.score > result.thresholds['image_threshold'])
+
+
+def test_predict_flags_elsewhere_are_refused(capsys, trained):
+    _, checkpoint, _ = trained
+    rc, err = run_cli(capsys, ['--action-type', 'export', '--checkpoint', checkpoint, '--output', 'x.onnx',
+                               '--sensitivity', '2'])
+    assert_one_line_error(rc, err, '--sensitivity is for --action-type predict')
