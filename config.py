@@ -288,6 +288,12 @@ def derive(c, given: Optional[set] = None) -> Settings:
         raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
     if c.action_type != 'norm-train' and not c.checkpoint:
         raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
+    if c.checkpoint.endswith('.onnx') and c.action_type != 'predict':
+        raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
+                         f'{c.checkpoint}: pass the checkpoint it was exported from')
+    if c.checkpoint.endswith('.onnx') and c.calibration_path:
+        raise CflowError(f'{c.checkpoint} holds the calibration it was exported with: drop --calibration-path, or '
+                         f'calibrate the checkpoint and export it again')
     if c.action_type == 'predict' and not c.input:
         raise CflowError('--action-type predict needs --input PATH (an image, a folder or a video)')
     predict_only = [flag for flag, dest in (('--runtime', 'runtime'), ('--sensitivity', 'sensitivity'),

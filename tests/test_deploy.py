@@ -93,8 +93,7 @@ def test_calibration_images_sit_below_their_thresholds(trained):
     root, checkpoint, _ = trained
     model, loaded = load(checkpoint)
     paths = sorted((root / 'calibration' / 'day1').iterdir())
-    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert('RGB').resize((64, 64), Image.LANCZOS)))
-                          .permute(2, 0, 1).float() / 255 for p in paths])
+    images = torch.stack([to_model_input(read_rgb(str(p)), 64) for p in paths])
     with torch.inference_mode():
         maps, scores = model(images)
         log_probs = model.log_probs(images)

@@ -30,8 +30,9 @@ def models(trained, exported):
             'openvino': load_model(str(out / 'model.onnx'), runtime='openvino')}
 
 
-def test_every_kind_of_input_gives_the_same_result(models, demo_root):
-    model = models['pt']
+@pytest.mark.parametrize('kind', ['pt', 'safetensors', 'onnxruntime', 'openvino'])
+def test_every_kind_of_input_gives_the_same_result(models, demo_root, kind):
+    model = models[kind]
     path = sample_paths(demo_root)[4]  # a defective one
     image = Image.open(path)
     array = np.asarray(image.convert('RGB'))
@@ -80,6 +81,8 @@ def test_the_runtimes_agree(models, demo_root):
         maps = np.stack([r.model_map for r in rs])
         assert np.abs(maps - reference).max() <= 1e-4 * span, name
         assert [r.defective for r in rs] == [r.defective for r in results['pt']], name
+    onnx, openvino = (np.stack([r.model_map for r in results[k]]) for k in ('onnxruntime', 'openvino'))
+    assert np.abs(openvino - onnx).max() <= 1e-4 * (onnx.max() - onnx.min())  # the two runtimes directly
     assert models['openvino'].runtime == 'openvino' and models['onnxruntime'].runtime == 'onnxruntime'
     assert any(r.defective for r in results['pt']) and not all(r.defective for r in results['pt'])
 
@@ -192,3 +195,13 @@ def test_predict_flags_elsewhere_are_refused(capsys, trained):
     rc, err = run_cli(capsys, ['--action-type', 'export', '--checkpoint', checkpoint, '--output', 'x.onnx',
                                '--sensitivity', '2'])
     assert_one_line_error(rc, err, '--sensitivity is for --action-type predict')
+
+
+def test_an_onnx_file_is_for_predict_only(capsys, exported, demo_root):
+    out, _ = exported
+    rc, err = run_cli(capsys, ['--action-type', 'norm-test', '--checkpoint', str(out / 'model.onnx'),
+                               '--dataset', 'demo', '--data-path', demo_root, '--no-cuda'])
+    assert_one_line_error(rc, err, 'norm-test needs the model\'s weights', 'not the exported graph')
+    rc, err = run_cli(capsys, ['--action-type', 'predict', '--checkpoint', str(out / 'model.onnx'), '--input', demo_root,
+                               '--calibration-path', demo_root, '--no-cuda'])
+    assert_one_line_error(rc, err, 'holds the calibration it was exported with', 'drop --calibration-path')
