@@ -11,7 +11,7 @@ loads wherever the authors' checkpoints load), or a compact ``.safetensors`` fil
 import os
 
 from custom_datasets.common import calibration_images
-from custom_models.scoring import calibrate_images
+from custom_models.scoring import calibrate_on_folder
 from utils.errors import CflowError
 from utils.model_file import model_settings, read_model, write_model
 
@@ -26,11 +26,9 @@ def run_calibrate(c) -> dict:
     if not c.calibration_path:
         raise CflowError('--action-type calibrate needs --calibration-path DIR (defect-free images not used '
                          'for training)')
-    paths = calibration_images(c.calibration_path)
-    model = read_model(c.checkpoint, model_settings(c))
-    model.encoder.to(c.device)
-    model.decoders = [d.to(c.device) for d in model.decoders]
-    model.calibration = calibrate_images(c, model.encoder, model.decoders, paths, f'images under {c.calibration_path}')
+    paths = calibration_images(c.calibration_path)  # a missing or unreadable image fails before the model loads
+    model = read_model(c.checkpoint, model_settings(c)).to(c.device)
+    model.calibration = calibrate_on_folder(c, model.encoder, model.decoders, paths)
     output = c.output or default_output(c.checkpoint)
     write_model(output, model)
     print(f'Calibrated model written to {output}')

@@ -345,11 +345,11 @@ def derive(c, given: Optional[set] = None) -> Settings:
     Image.MAX_IMAGE_PIXELS = c.max_image_pixels
     # The published date with '-' for ':' (file names must work on Windows too).
     c.run_date = datetime.datetime.now().strftime('%Y-%m-%d-%H-%M-%S')
+    if c.action_type == 'predict' and 'output_dir' not in given:
+        c.output_dir = default_predict_dir(c.input)
     c.results_dir = os.path.join(c.output_dir, 'results')
     c.weights_dir = os.path.join(c.output_dir, 'weights')
     c.device = 'cpu' if c.action_type == 'export' else select_device(c)  # exported files are device-free
-    if c.action_type == 'predict' and 'output_dir' not in given:
-        c.output_dir = default_predict_dir(c.input)
     c.encoder_source = encoder_weights_choice(c)
     apply_arithmetic(c)
     return c.freeze()

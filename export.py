@@ -8,9 +8,8 @@ An ONNX graph must be calibrated (its thresholds are part of what is deployed); 
 """
 import os
 
-from custom_datasets.common import calibration_images
 from custom_models.detector import uncalibrated
-from custom_models.scoring import calibrate_images, deployable
+from custom_models.scoring import calibrate_on_folder, deployable
 from utils.errors import CflowError
 from utils.model_file import model_settings, read_model, write_model
 
@@ -20,8 +19,7 @@ def run_export(c) -> dict:
         raise CflowError(f'--output {c.output}: name it .onnx (ONNX graph) or .safetensors (compact model file)')
     model = read_model(c.checkpoint, model_settings(c))  # on the CPU: exported files are device-free
     if c.calibration_path:
-        model.calibration = calibrate_images(c, model.encoder, model.decoders, calibration_images(c.calibration_path),
-                                             f'images under {c.calibration_path}')
+        model.calibration = calibrate_on_folder(c, model.encoder, model.decoders)
     if c.output.endswith('.safetensors'):
         write_model(c.output, model)
     else:

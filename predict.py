@@ -33,16 +33,15 @@ from typing import Iterator, List
 import numpy as np
 from PIL import Image
 
-from custom_datasets.common import calibration_images
 from custom_datasets.inputs import image_batches, resolve_input, video_batches, video_info
 from custom_models import load_model
 from custom_models.detector import Detector, choose_thresholds, detector_from_model
-from custom_models.scoring import calibrate_images
+from custom_models.scoring import calibrate_on_folder
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
 from utils.model_file import model_settings, read_model
 from utils.progress import count, progress
-from utils.viz import index_html, overlay_picture
+from utils.viz import decision_picture, index_html
 
 # ----------------------------------------------------------------------------------
 # The model: the same Detector as ``custom_models.load_model`` (custom_models/detector.py)
@@ -54,11 +53,8 @@ def open_detector(c) -> Detector:
     options = dict(image_threshold=c.image_threshold, pixel_threshold=c.pixel_threshold, sensitivity=c.sensitivity)
     if c.checkpoint.endswith('.onnx') or not c.calibration_path or c.runtime not in (None, 'torch'):
         return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, **options)
-    loaded = read_model(c.checkpoint, model_settings(c))
-    loaded.encoder.to(c.device)
-    loaded.decoders = [d.to(c.device) for d in loaded.decoders]
-    calibration = calibrate_images(c, loaded.encoder, loaded.decoders, calibration_images(c.calibration_path),
-                                   f'images under {c.calibration_path}')
+    loaded = read_model(c.checkpoint, model_settings(c)).to(c.device)
+    calibration = calibrate_on_folder(c, loaded.encoder, loaded.decoders)
     return detector_from_model(loaded, calibration, c.device, c.checkpoint, choose_thresholds(calibration, **options))
 
 
@@ -221,13 +217,9 @@ def run_predict(c) -> dict:
                        'defect_pixels': int(result.mask.sum()), 'defect_fraction': float(result.mask.mean()),
                        'overlay': '', 'mask': ''}
                 if not c.scores_only:
-                    t_mask = result.thresholds['mask_threshold']
-                    marks = [(t.image, 't_I'), (result.score, 'score')] + ([(t_mask, 't_M')] if result.defective else [])
-                    overlay = overlay_picture(
-                        display, result.model_map, result.mask, 2 * t.image, marks,
-                        f'{"DEFECTIVE" if result.defective else "good"}: score {result.score:.3g}, image threshold '
-                        f't_I {t.image:.3g} ({t.source})' + (f'; mask: A > t_M {t_mask:.3g}' if result.defective else ''),
-                        result.defective)
+                    overlay = decision_picture(display, result.model_map, result.mask, 2 * t.image, result.score,
+                                               t.image, result.thresholds['mask_threshold'], result.defective,
+                                               f'thresholds: {t.source}')
                     writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
                     writer.submit(save_png, os.path.join(mask_dir, name),
                                   Image.fromarray((result.mask * 255).astype(np.uint8)))

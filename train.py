@@ -18,13 +18,14 @@ from custom_datasets.common import calibration_images, require_defect_pixels
 from custom_datasets.loaders import ReplayLoader, make_loader
 from custom_models.encoders import build_encoder, input_size_fits, smallest_input_size, tap_shapes
 from custom_models.flows import build_decoders
-from custom_models.scoring import TestScores, calibrate_images, score_loader
+from custom_models.scoring import TestScores, calibrate_images, calibrate_on_folder, score_loader
 from custom_models.training import train_meta_epoch
 from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
 from utils.calibration import CALIBRATION_KEY, decision_quality, f1_optimal_threshold
 from utils.checkpoint import save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
+from utils.model_file import model_settings, read_model
 from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
 from utils.progress import count
 from utils.threads import ThreadPolicy
@@ -126,7 +127,6 @@ def build_model(c):
     a file, a random init), or the model file of norm-test (its calibration is ``c.calibration``)."""
     seed_everything(c.seed)
     if c.checkpoint:
-        from utils.model_file import model_settings, read_model
         loaded = read_model(c.checkpoint, model_settings(c), weights_architecture=False)  # checked against -enc...
         encoder, decoders = loaded.encoder, loaded.decoders
         print(f'Loading weights from {c.checkpoint}')
@@ -240,8 +240,7 @@ def calibrate_after_training(c, encoder, decoders, train_set, paths: Optional[Li
     """After norm-train: on ``paths`` (--calibration-path, listed and checked before training, or a
     good-only class's ``train_set.calibration_images``), else on the training images."""
     if c.calibration_path:
-        return calibrate_images(c, encoder, decoders, paths or calibration_images(c.calibration_path),
-                                f'images under {c.calibration_path}')
+        return calibrate_on_folder(c, encoder, decoders, paths)
     if paths:
         return calibrate_images(c, encoder, decoders, paths, train_set.calibration_source)
     print(f'Notice: calibrating on the {OPTIMISTIC}')

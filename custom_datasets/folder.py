@@ -7,9 +7,9 @@
 """
 import os
 import warnings
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from typing import List, Optional, Sequence, Tuple
 
 from custom_datasets.common import (IMAGE_EXTENSIONS, LabelledImages, check_mask_sizes, check_readable, list_images,
                                     list_images_recursive, require_dir)

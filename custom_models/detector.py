@@ -29,8 +29,11 @@ import torch
 from PIL import Image
 
 from custom_datasets.common import read_rgb, resize_mask, to_model_input, to_rgb
-from utils.calibration import MASK_PEAK_SHARE
+from custom_models.scoring import deployable
+from utils.calibration import MASK_PEAK_SHARE, mask_threshold
 from utils.errors import CflowError
+from utils.export_onnx import OnnxModel, OpenVinoModel
+from utils.model_file import read_model
 
 RUNTIMES = ('torch', 'onnxruntime', 'openvino')
 
@@ -44,7 +47,7 @@ class Thresholds:
     source: str           # 'stored', 'sensitivity 2', 'set: --image-threshold ...'
 
     def mask(self, score: float) -> float:
-        return max(self.pixel, self.image + self.mask_peak_share * (float(score) - self.image))
+        return mask_threshold(score, self.as_dict())
 
     def as_dict(self) -> dict:
         return {'image_threshold': self.image, 'pixel_threshold': self.pixel,
@@ -202,12 +205,10 @@ def torch_runner(module: torch.nn.Module, device: str) -> Callable:
 def detector_from_model(loaded, calibration: Optional[dict], device: str, source: str,
                         thresholds: Optional[Thresholds] = None) -> Detector:
     """A Detector of a model read into memory (``utils.model_file.LoadedModel``) on ``device``."""
-    from custom_models.scoring import deployable
     if calibration is None:
         raise uncalibrated(source)
     module = deployable(loaded.encoder, loaded.decoders, loaded.settings, calibration)
-    return Detector(torch_runner(module, device), loaded.settings, calibration, 'torch', source,
-                    thresholds or choose_thresholds(calibration))
+    return Detector(torch_runner(module, device), loaded.settings, calibration, 'torch', source, thresholds)
 
 
 def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, threads: int = 0,
@@ -226,22 +227,18 @@ def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, th
     runtime = runtime or ('onnxruntime' if is_onnx else 'torch')
     if runtime not in RUNTIMES:
         raise CflowError(f'unknown runtime {runtime!r}: choose one of {", ".join(RUNTIMES)}')
-    if is_onnx != (runtime != 'torch'):
-        raise CflowError(f'runtime {runtime} runs ' + ('.pt and .safetensors files' if runtime == 'torch' else
-                         '.onnx files') + f', not {os.path.basename(path)}: ' +
-                         ('pick --runtime onnxruntime or openvino' if is_onnx else
-                          f'export it first (--action-type export --checkpoint {path} --output model.onnx)'))
+    if is_onnx and runtime == 'torch':
+        raise CflowError(f'runtime torch runs .pt and .safetensors files, not {os.path.basename(path)}: '
+                         f'pick --runtime onnxruntime or openvino')
+    if not is_onnx and runtime != 'torch':
+        raise CflowError(f'runtime {runtime} runs .onnx files, not {os.path.basename(path)}: export it first '
+                         f'(--action-type export --checkpoint {path} --output model.onnx)')
+    options = dict(image_threshold=image_threshold, pixel_threshold=pixel_threshold, sensitivity=sensitivity)
     if is_onnx:
-        from utils.export_onnx import OnnxModel, OpenVinoModel
         model = (OnnxModel if runtime == 'onnxruntime' else OpenVinoModel)(path, threads=threads)
         return Detector(model, model.settings, model.calibration, runtime, path,
-                        choose_thresholds(model.calibration, image_threshold, pixel_threshold, sensitivity))
-    from utils.model_file import read_model, stated_settings
-    settings, _ = stated_settings(path)
-    if not {'input_size', 'norm_mean', 'norm_std'} <= set(settings):  # an authors' checkpoint, uncalibrated
-        raise uncalibrated(path)
-    loaded = read_model(path, settings)
+                        choose_thresholds(model.calibration, **options))
+    loaded = read_model(path, {})  # a calibrated file states every setting
     if loaded.calibration is None:
         raise uncalibrated(path)
-    return detector_from_model(loaded, loaded.calibration, device, path,
-                               choose_thresholds(loaded.calibration, image_threshold, pixel_threshold, sensitivity))
+    return detector_from_model(loaded, loaded.calibration, device, path, choose_thresholds(loaded.calibration, **options))

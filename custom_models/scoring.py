@@ -13,17 +13,21 @@ each image's map and score (``AnomalyModel``, which predict runs and export trac
 import functools
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from custom_datasets.common import LabelledImages, calibration_images
+from custom_datasets.loaders import make_loader
 from custom_models.anomaly_model import AnomalyModel
 from custom_models.fast_flow import FastFlowScorer, coupling_log_likelihood
 from custom_models.fibers import score_feature_map
 from custom_models.flows import nll_loss
+from utils.calibration import calibrate_from_log_probs
 from utils.errors import CflowError
+from utils.model_file import model_settings
 from utils.progress import count, progress
 
 
@@ -98,10 +102,6 @@ def score_loader(c, loader: DataLoader, encoder, decoders) -> TestScores:
 def calibrate_images(c, encoder, decoders, paths: Sequence[str], source: str) -> dict:
     """Score ``paths`` (defect-free images, read the way test images are) and return the calibration
     record of this model: its constants and thresholds (``utils/calibration.py``)."""
-    from custom_datasets.common import LabelledImages
-    from custom_datasets.loaders import make_loader
-    from utils.calibration import calibrate_from_log_probs
-    from utils.model_file import model_settings
     paths = list(paths)
     dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), c.input_size, train=False,
                              mean=c.norm_mean, std=c.norm_std)
@@ -110,6 +110,13 @@ def calibrate_images(c, encoder, decoders, paths: Sequence[str], source: str) ->
     print(f'Calibrated on {count(len(paths), "image")} ({source}): image threshold '
           f'{calibration["image_threshold"]:.4g}, pixel threshold {calibration["pixel_threshold"]:.4g}')
     return calibration
+
+
+def calibrate_on_folder(c, encoder, decoders, paths: Optional[Sequence[str]] = None) -> dict:
+    """Calibrate on the good images under ``--calibration-path`` (``paths``: that folder's images when
+    they were listed and checked already, before any long work)."""
+    return calibrate_images(c, encoder, decoders, paths or calibration_images(c.calibration_path),
+                            f'images under {c.calibration_path}')
 
 
 def deployable(encoder, decoders, settings: dict, calibration: dict) -> AnomalyModel:

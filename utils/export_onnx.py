@@ -48,7 +48,11 @@ def onnx_metadata(path: str):
         proto = onnx.load(path, load_external_data=False)
     except Exception as exc:  # a broken or non-ONNX file
         raise CflowError(f'cannot load ONNX model {path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})') from None
-    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    return export_metadata({entry.key: entry.value for entry in proto.metadata_props}, path)
+
+
+def export_metadata(meta: dict, path: str):
+    """(settings, calibration) from an export's metadata map (as either runtime reads it)."""
     if 'cflow_calibration' not in meta:
         raise CflowError(f'{path} is not an ONNX export of this project (no calibration in its metadata): '
                          f'export it with --action-type export')
@@ -72,12 +76,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         except Exception as exc:  # onnxruntime raises its own types for a missing or broken file
             raise CflowError(f'cannot load ONNX model {path} ({str(exc).splitlines()[0]})') from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if 'cflow_calibration' not in meta:
-            raise CflowError(f'{path} is not an ONNX export of this project (no calibration in its metadata): '
-                             f'export it with --action-type export')
-        self.calibration = json.loads(meta['cflow_calibration'])
-        self.settings = json.loads(meta['cflow_settings'])
+        self.settings, self.calibration = export_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         self.input_size = int(self.settings['input_size'])
 
     def __call__(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:

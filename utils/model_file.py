@@ -43,6 +43,12 @@ class LoadedModel:
     settings: dict                  # SETTING_KEYS
     calibration: Optional[dict]     # utils/calibration.py's record, or None
 
+    def to(self, device: str) -> 'LoadedModel':
+        """The encoder and decoders moved to ``device`` (in place; returns self)."""
+        self.encoder.to(device)
+        self.decoders = [d.to(device) for d in self.decoders]
+        return self
+
 
 def model_settings(c) -> dict:
     return {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
@@ -90,11 +96,10 @@ def stated_settings(path: str, weights_architecture: bool = True) -> Tuple[dict,
     if not os.path.isfile(path):
         raise CflowError(f'model file {path} does not exist: check the path')
     if path.endswith('.safetensors'):
-        return compact_settings(path), compact_calibration(path)
+        return compact_header(path)
     if path.endswith('.onnx'):
         from utils.export_onnx import onnx_metadata
-        settings, calibration = onnx_metadata(path)
-        return settings, calibration
+        return onnx_metadata(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception:  # not a zip-format file, or not a checkpoint
@@ -135,28 +140,17 @@ def read_model(path: str, defaults: dict, weights_architecture: bool = True) -> 
     return LoadedModel(encoder, decoders, found, calibration)
 
 
-def compact_metadata(path: str) -> dict:
-    """A compact file's header (the tensors are not read)."""
+def compact_header(path: str) -> Tuple[dict, Optional[dict]]:
+    """(settings, calibration or None) in a compact file's header (the tensors are not read)."""
     from safetensors import safe_open
     if not os.path.isfile(path):
         raise CflowError(f'model file {path} does not exist: check the path')
     try:
         with safe_open(path, framework='pt') as f:
             meta = f.metadata() or {}
-        json.loads(meta['settings'])
-        return meta
+        return json.loads(meta['settings']), (json.loads(meta['calibration']) if 'calibration' in meta else None)
     except Exception as exc:  # a broken header, or not our file
         raise CflowError(f'{path} is not a CFLOW-AD compact model file ({type(exc).__name__}: {exc})') from None
-
-
-def compact_settings(path: str) -> dict:
-    """The settings in a compact file's header."""
-    return json.loads(compact_metadata(path)['settings'])
-
-
-def compact_calibration(path: str) -> Optional[dict]:
-    meta = compact_metadata(path)
-    return json.loads(meta['calibration']) if 'calibration' in meta else None
 
 
 def read_compact(path: str) -> LoadedModel:

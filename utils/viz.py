@@ -102,6 +102,16 @@ def overlay_picture(display: Image.Image, anomaly_map: np.ndarray, mask: np.ndar
     return canvas
 
 
+def decision_picture(display: Image.Image, anomaly_map: np.ndarray, mask: np.ndarray, vmax: float, score: float,
+                     t_image: float, t_mask: float, defective: bool, which: str) -> Image.Image:
+    """One image's decision as predict and ``norm-test --viz`` draw it: the banner states the score
+    against t_I (and the mask's t_M) and which thresholds these are; the colour bar marks them."""
+    marks = [(t_image, 't_I'), (score, 'score')] + ([(t_mask, 't_M')] if defective else [])
+    banner = (f'{"DEFECTIVE" if defective else "good"}: score {score:.3g} {">" if defective else "<="} t_I '
+              f'{t_image:.3g}' + (f'; mask: A > t_M {t_mask:.3g}' if defective else '') + f' ({which})')
+    return overlay_picture(display, anomaly_map, mask, vmax, marks, banner, defective)
+
+
 def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     """The pixel threshold maximising F1 over the whole test set (labels: mask != 0)."""
     precision, recall, thresholds = precision_recall_curve(masks.ravel().astype(bool), maps.ravel())
@@ -139,12 +149,8 @@ def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.nd
         defective = scores[i] > t_image
         t_mask = mask_threshold(scores[i], calibration) if calibration is not None else t_pixel
         predicted = maps[i] > t_mask if defective else np.zeros(maps[i].shape, bool)
-        marks = [(t_image, 't_I'), (scores[i], 'score')] + ([(t_mask, 't_M')] if defective else [])
-        picture = overlay_picture(image, maps[i], predicted, vmax, marks,
-                                  f'{"DEFECTIVE" if defective else "good"}: score {scores[i]:.3g} '
-                                  f'{">" if defective else "<="} t_I {t_image:.3g}'
-                                  + (f'; mask: A > t_M {t_mask:.3g}' if defective else '') + f' ({which}, epoch {epoch})',
-                                  defective)
+        picture = decision_picture(image, maps[i], predicted, vmax, scores[i], t_image, t_mask, defective,
+                                   f'{which}, epoch {epoch}')
         truth = Image.fromarray((masks[i] * 255).astype(np.uint8)).resize(image.size, Image.NEAREST).convert('RGB')
         sheet = Image.new('RGB', (picture.width + truth.width + 6, picture.height), (255, 255, 255))
         sheet.paste(picture, (0, 0))
