@@ -1,13 +1,71 @@
+import atexit
+import functools
+import json
 import os
 import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
-REFERENCE = os.path.join(SHARED, 'reference')
+# The authors' reference files, slimmed (tests/reference/slim.py): nothing outside the repository.
+REFERENCE = os.path.join(ROOT, 'tests', 'reference')
+
+
+def reference_fixture(name):
+    """(fixture.json, folder) of one reference fixture."""
+    folder = os.path.join(REFERENCE, name)
+    return json.load(open(os.path.join(folder, 'fixture.json'))), folder
+
+
+def seeded_encoder_state(fixture):
+    """The fixture's encoder, rebuilt as ``encoder_init`` says (a seeded random init), checked by SHA-256.
+
+    A different torch/torchvision/timm release may initialise differently: then the test fails saying so,
+    before any number is compared."""
+    import torch
+    sys.path.insert(0, REFERENCE)
+    from slim import state_sha256, torchvision_encoder_state
+    init = fixture['encoder_init']
+    if init['how'].startswith('torch.manual_seed(seed) then timm'):
+        import timm
+        torch.manual_seed(init['seed'])
+        state = timm.create_model(fixture['enc_arch'], pretrained=False).state_dict()
+        made_with = f"timm {init['timm']}, torch {init['torch']}; here timm {timm.__version__}"
+    else:
+        state = torchvision_encoder_state(fixture['enc_arch'], init['seed'], 'features' in init['how'])
+        made_with = f"torch {init['torch']}; here {torch.__version__}"
+    if state_sha256(state) != init['state_sha256']:
+        pytest.fail(f"the rebuilt {fixture['enc_arch']} init ({init['how']}, seed {init['seed']}) is not the one the "
+                    f"fixture was made with ({made_with}): install the versions in requirements.txt")
+    return state
+
+
+_CHECKPOINTS = tempfile.mkdtemp(prefix='cflow-reference-')
+atexit.register(shutil.rmtree, _CHECKPOINTS, True)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_checkpoint(name):
+    """Path of the fixture's checkpoint in the authors' ``save_weights`` format, rebuilt once per session:
+    the seeded encoder under ``encoder_state_dict`` and each decoder's ``w_perm_inv`` (exactly ``w_perm``
+    transposed) put back beside ``w_perm``."""
+    import torch
+    fixture, folder = reference_fixture(name)
+    decoders = torch.load(os.path.join(folder, 'decoders.pt'), map_location='cpu', weights_only=True)
+    states = []
+    for state in decoders['decoder_state_dict']:
+        full = {}
+        for key, value in state.items():
+            full[key] = value
+            if key.endswith('.w_perm'):
+                full[key + '_inv'] = value.t().contiguous()
+        states.append(full)
+    path = os.path.join(_CHECKPOINTS, f'{name}.pt')
+    torch.save({'encoder_state_dict': seeded_encoder_state(fixture), 'decoder_state_dict': states}, path)
+    return path
 
 
 @pytest.fixture(scope='session')

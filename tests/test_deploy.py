@@ -18,7 +18,7 @@ from utils.calibration import CALIBRATION_KEY
 from utils.errors import CflowError
 from utils.model_file import read_model, save_compact
 
-from tests.conftest import REFERENCE, TRAIN
+from tests.conftest import reference_checkpoint, TRAIN
 from tests.test_errors import assert_one_line_error
 
 def load(path):
@@ -125,7 +125,7 @@ def test_norm_test_reports_calibrated_metrics_and_decisions(trained, tmp_path):
 
 
 def test_calibrate_an_authors_checkpoint(tmp_path, demo_root):
-    source = os.path.join(REFERENCE, 'cflow_r18', 'checkpoint.pt')
+    source = reference_checkpoint('cflow_r18')
     output = tmp_path / 'r18_calibrated.pt'
     assert main(['--action-type', 'calibrate', '--checkpoint', source, '-inp', '128', '--no-cuda', '--workers', '0',
                  '--calibration-path', os.path.join(demo_root, 'textile', 'train'), '--output', str(output)]) == 0
@@ -300,8 +300,8 @@ def run(capsys, argv):
 
 
 def test_uncalibrated_checkpoint_without_a_calibration_folder(capsys, tmp_path, demo_root):
-    rc, err = run(capsys, ['--action-type', 'predict', '--checkpoint', os.path.join(REFERENCE, 'cflow_r18',
-                           'checkpoint.pt'), '-inp', '128', '--input', demo_root, '--output-dir', str(tmp_path)])
+    rc, err = run(capsys, ['--action-type', 'predict', '--checkpoint', reference_checkpoint('cflow_r18'),
+                           '-inp', '128', '--input', demo_root, '--output-dir', str(tmp_path)])
     assert_one_line_error(rc, err, 'has no calibration', '--calibration-path', '--action-type calibrate')
 
 

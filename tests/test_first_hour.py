@@ -11,7 +11,7 @@ from config import DEFAULT_WORKERS, parse_config
 from main import main
 from utils.progress import progress
 
-from tests.conftest import REFERENCE, ROOT
+from tests.conftest import reference_checkpoint, ROOT
 from tests.test_errors import assert_one_line_error, run_cli
 
 
@@ -67,15 +67,15 @@ def test_progress_prints_lines_with_an_estimate_when_no_terminal_is_attached():
 
 
 def test_coupling_block_mismatch_names_the_value_to_pass(capsys, demo_root):
-    rc, err = run_cli(capsys, ['--action-type', 'norm-test', '--checkpoint', os.path.join(REFERENCE, 'cflow_r18',
-                               'checkpoint.pt'), '--no-cuda', '--dataset', 'demo', '--data-path', demo_root,
+    rc, err = run_cli(capsys, ['--action-type', 'norm-test', '--checkpoint', reference_checkpoint('cflow_r18'),
+                               '--no-cuda', '--dataset', 'demo', '--data-path', demo_root,
                                '-enc', 'resnet18', '-cb', '8'])
     assert_one_line_error(rc, err, '4 coupling blocks', 'pass -cb 4')
 
 
 def test_checkpoint_named_for_another_input_size_is_refused(capsys, tmp_path, demo_root):
     named = tmp_path / 'mvtec_resnet18_freia-cflow_pl3_cb4_inp128_run0_bottle_2021-01-01-00-00-00.pt'
-    shutil.copy(os.path.join(REFERENCE, 'cflow_r18', 'checkpoint.pt'), named)
+    shutil.copy(reference_checkpoint('cflow_r18'), named)
     rc, err = run_cli(capsys, ['--action-type', 'norm-test', '--checkpoint', str(named), '--no-cuda', '--dataset',
                                'demo', '--data-path', demo_root, '-enc', 'resnet18', '-cb', '4', '-inp', '256'])
     assert_one_line_error(rc, err, 'is named inp128 but -inp is 256', 'pass -inp 128')

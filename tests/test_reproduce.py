@@ -141,10 +141,10 @@ def test_submitit_local_executor_runs_the_same_jobs(tmp_path, capsys):
 
 
 def test_released_checkpoints_are_tested_with_the_settings_their_names_state(tmp_path, capsys):
-    from tests.conftest import REFERENCE
+    from tests.conftest import reference_checkpoint
     folder = tmp_path / 'released'
     folder.mkdir()
-    fixture = os.path.join(REFERENCE, 'cflow_r18', 'checkpoint.pt')  # resnet18, -pl 3, -cb 4
+    fixture = reference_checkpoint('cflow_r18')  # resnet18, -pl 3, -cb 4
     shutil.copy(fixture, folder / 'mvtec_resnet18_freia-cflow_pl3_cb4_inp128_run0_metal_nut_2021-01-01-00:00:00.pt')
     shutil.copy(fixture, folder / 'mvtec_resnet18_freia-cflow_pl3_cb8_inp128_run1_metal_nut.pt')  # name is wrong
     argv = ['--preset', 'mnv3-released', '--checkpoints', str(folder), '--dataset', 'demo', '--no-cuda',

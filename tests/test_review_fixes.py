@@ -17,7 +17,7 @@ from custom_models.encoders import build_encoder
 from main import main
 from utils.results import ScoreObserver, reserve_run
 
-from tests.conftest import REFERENCE
+from tests.conftest import reference_checkpoint
 from tests.test_errors import BASE, assert_one_line_error, run_cli
 
 
@@ -34,7 +34,7 @@ def folder_args(root, *extra):
 
 def test_every_action_runs_full_fp32_unless_tf32(tmp_path):
     """One arithmetic for training, testing, calibration, predict and export (set when the flags are read)."""
-    checkpoint = os.path.join(REFERENCE, 'cflow_r18', 'checkpoint.pt')
+    checkpoint = reference_checkpoint('cflow_r18')
     deploy = ['-enc', 'resnet18', '--no-cuda', '--checkpoint', checkpoint]
     for argv in (['-enc', 'resnet18', '-inp', '64', '--no-cuda', '--encoder-weights', 'none', '-cb', '1'],
                  deploy + ['--action-type', 'norm-test'],

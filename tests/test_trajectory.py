@@ -1,6 +1,6 @@
 """Our training loop against the authors' own: every step's loss and lr, and the final weights.
 
-``../shared/reference/train_trajectory/`` was written by the published ``train_meta_epoch``
+``tests/reference/train_trajectory/`` (the authors' file, copied) was written by the published ``train_meta_epoch``
 (torch-1.8 ``zero_grad`` semantics, warm-up + cosine schedule, -logsigmoid loss, random
 fiber order). Fed the same encoder taps, initial weights and seed, ours must follow it to
 float32 round-off. Dropping any of those four choices misses by 2e-3 to 0.8 (fixture README).
@@ -39,7 +39,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope='module')
 def trajectory():
     if not os.path.isfile(TRAJECTORY):
-        pytest.fail(f'{TRAJECTORY} is missing: the shared reference checkout must sit beside this one')
+        pytest.fail(f'{TRAJECTORY} is missing: it is part of the repository (tests/reference/)')
     return torch.load(TRAJECTORY, weights_only=False)
 
 

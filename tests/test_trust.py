@@ -21,11 +21,11 @@ from utils.errors import CflowError
 from utils.report import missing_notes, summarise
 from utils.results import run_signature
 
-from tests.conftest import REFERENCE, ROOT
+from tests.conftest import reference_checkpoint, ROOT
 from tests.test_errors import assert_one_line_error, run_cli
 
 PRESET = 'r18-cb8-pl3-256'
-R18 = os.path.join(REFERENCE, 'cflow_r18', 'checkpoint.pt')
+R18 = reference_checkpoint('cflow_r18')
 
 
 # ----------------------------------------------------------------------------------
