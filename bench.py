@@ -45,7 +45,7 @@ from custom_models.fibers import score_feature_map_loop
 from custom_models.flows import CONDITION_VEC, build_decoders
 from custom_models.scoring import make_scorers
 from utils.anomaly_map import anomaly_maps
-from utils.checkpoint import save_checkpoint
+from custom_models.checkpoint import save_checkpoint
 from utils.metrics import aupro, aupro_direct
 
 
@@ -303,7 +303,7 @@ def bench_predict(a, rows):
     from main import main as run_main
     from utils.calibration import calibrate_from_log_probs
     from utils.export_onnx import OnnxModel, OpenVinoModel, export_onnx
-    from utils.model_file import LoadedModel, write_model
+    from custom_models.model_file import LoadedModel, write_model
     encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with tempfile.TemporaryDirectory() as root:
@@ -388,7 +388,7 @@ def bench_sizes(a, rows):
     or unknown) and without (the stock ImageNet network, recorded by checksum; simulated by putting
     this encoder into a temporary torch hub cache as "the ImageNet file")."""
     from custom_models.encoders import imagenet_cache_path
-    from utils.model_file import LoadedModel, save_compact
+    from custom_models.model_file import LoadedModel, save_compact
     for arch in ('wide_resnet50_2', 'resnet18', 'mobilenet_v3_large'):
         torch.manual_seed(0)
         np.random.seed(0)
@@ -598,7 +598,7 @@ def bench_masks(a, rows):
     from custom_datasets.synthetic import make_demo_class
     from main import main as run_main
     from utils.calibration import decisions, mask_threshold
-    from utils.model_file import read_model
+    from custom_models.model_file import read_model
     from custom_models.anomaly_model import AnomalyModel
     from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD, read_mask, read_rgb, resize_mask, to_model_input
     results = []

@@ -13,7 +13,7 @@ import os
 from custom_datasets.common import calibration_images
 from custom_models.scoring import calibrate_on_folder
 from utils.errors import CflowError
-from utils.model_file import model_settings, read_model, write_model
+from custom_models.model_file import model_settings, read_model, write_model
 
 
 def default_output(checkpoint: str) -> str:

@@ -9,7 +9,7 @@ from PIL import Image
 
 # Import-light on purpose (``--help`` must not wait for torch): the heavy modules are
 # imported inside the functions that need them.
-from custom_models.architectures import DECODER_ARCHS, ENCODER_ARCHS
+from custom_models.architectures import DECODER_ARCHS, encoder_family, encoder_names_text, fixed_input_size
 from utils.errors import CflowError
 from utils.results import model_name
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-cl', '--class-name', default='none', type=str, metavar='NAME',
                    help='class name for MVTec/STC/folder (default: none)')
     p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', type=str, metavar='ARCH',
-                   help=f'feature extractor: {"/".join(ENCODER_ARCHS)} (default: wide_resnet50_2)')
+                   help=f'feature extractor: {encoder_names_text()} (default: wide_resnet50_2)')
     p.add_argument('-dec', '--dec-arch', default='freia-cflow', type=str, metavar='ARCH',
                    help='normalizing flow model: freia-cflow/freia-flow (default: freia-cflow)')
     p.add_argument('-pl', '--pool-layers', default=3, type=int, metavar='N',
@@ -214,8 +214,9 @@ def check_checkpoint_name(c) -> None:
     """An authors'-style name states the input size, which the weights cannot confirm: taken when -inp
     was left out, another -inp refused. (-enc, -pl, -cb and -dec are checked against the weights
     themselves when the file is loaded.)"""
+    from custom_datasets.mvtec import MVTEC_CLASS_NAMES
     from utils.presets import settings_from_checkpoint_name
-    named = settings_from_checkpoint_name(c.checkpoint)
+    named = settings_from_checkpoint_name(c.checkpoint, MVTEC_CLASS_NAMES)
     if named is None or named['inp'] == c.input_size:
         return
     if 'input_size' not in c.given:
@@ -226,15 +227,16 @@ def check_checkpoint_name(c) -> None:
 
 
 def apply_model_file_settings(c) -> None:
-    """What the model file states (settings and calibration: ``utils.model_file.stated_settings``)
+    """What the model file states (settings and calibration: ``custom_models.model_file.stated_settings``)
     wins over defaults and must agree with flags the user passed: applied here, once, before any
     action runs. ``c.calibration`` is the file's calibration, or None. An uncalibrated authors'
     checkpoint states only its architecture, through its weights: taken for calibrate, predict
     and export; norm-test takes the flags, as published, and its loader checks them one by one."""
-    from utils.model_file import stated_settings
+    from custom_models.model_file import stated_settings
     if c.checkpoint.endswith(('.pt', '.pth')):
         check_checkpoint_name(c)
-    settings, c.calibration = stated_settings(c.checkpoint, weights_architecture=c.action_type in DEPLOY_ACTIONS)
+    settings, c.calibration = stated_settings(c.checkpoint, weights_architecture=c.action_type in DEPLOY_ACTIONS,
+                                             preferred_arch=c.enc_arch if 'enc_arch' in c.given else None)
     apply_file_settings(c, settings, c.checkpoint)
 
 
@@ -280,8 +282,8 @@ def derive(c, given: Optional[set] = None) -> Settings:
         raise CflowError(f'unknown --dataset {c.dataset!r}{hint}: choose one of {", ".join(DATASETS)}')
     if c.dataset == 'demo':
         apply_demo_defaults(c, given)
-    if c.enc_arch not in ENCODER_ARCHS:
-        raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
+    if encoder_family(c.enc_arch) is None:
+        raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {encoder_names_text()}')
     if c.dec_arch not in DECODER_ARCHS:
         raise CflowError(f'unknown decoder -dec {c.dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
     if c.action_type not in ACTIONS:
@@ -329,6 +331,9 @@ def derive(c, given: Optional[set] = None) -> Settings:
     c.calibration = None
     if c.checkpoint and c.action_type != 'norm-train':
         apply_model_file_settings(c)  # the file's settings and calibration win over the defaults
+    fixed = fixed_input_size(c.enc_arch)
+    if fixed is not None and c.input_size != fixed:
+        raise CflowError(f'{c.enc_arch} takes only its own input size: pass -inp {fixed} (got -inp {c.input_size})')
     if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
                          f'smaller than the network\'s padding; pass -inp '

@@ -11,7 +11,7 @@ import os
 from custom_models.detector import uncalibrated
 from custom_models.scoring import calibrate_on_folder, deployable
 from utils.errors import CflowError
-from utils.model_file import model_settings, read_model, write_model
+from custom_models.model_file import model_settings, read_model, write_model
 
 
 def run_export(c) -> dict:

@@ -39,7 +39,7 @@ from custom_models.detector import Detector, choose_thresholds, detector_from_mo
 from custom_models.scoring import calibrate_on_folder
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
-from utils.model_file import model_settings, read_model
+from custom_models.model_file import model_settings, read_model
 from utils.progress import count, progress
 from utils.viz import decision_picture, index_html
 

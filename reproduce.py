@@ -126,7 +126,7 @@ def plan_checkpoint_jobs(a, preset, common: List[str]) -> List[Job]:
         raise CflowError(f'--preset {preset.name} needs --checkpoints DIR, the folder of the downloaded .pt files')
     jobs = []
     for path in sorted(glob.glob(os.path.join(a.checkpoints, '*.pt'))):
-        s = settings_from_checkpoint_name(path)
+        s = settings_from_checkpoint_name(path, MVTEC_CLASS_NAMES)
         if s is None:
             raise CflowError(f'cannot read the settings from the name of {path}: expected the authors\' '
                              f'{{dataset}}_{{enc}}_{{dec}}_pl{{pl}}_cb{{cb}}_inp{{inp}}_run{{run}}_{{class}}....pt')

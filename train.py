@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from custom_datasets import build_datasets
-from custom_datasets.common import calibration_images, require_defect_pixels
+from custom_datasets.common import calibration_images, read_rgb, require_defect_pixels
 from custom_datasets.loaders import ReplayLoader, make_loader
 from custom_models.encoders import build_encoder, input_size_fits, smallest_input_size, tap_shapes
 from custom_models.flows import build_decoders
@@ -22,10 +22,10 @@ from custom_models.scoring import TestScores, calibrate_images, calibrate_on_fol
 from custom_models.training import train_meta_epoch
 from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
 from utils.calibration import CALIBRATION_KEY, decision_quality, f1_optimal_threshold
-from utils.checkpoint import save_checkpoint
+from custom_models.checkpoint import save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
-from utils.model_file import model_settings, read_model
+from custom_models.model_file import model_settings, read_model
 from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
 from utils.progress import count
 from utils.threads import ThreadPolicy
@@ -225,7 +225,8 @@ def run(c) -> dict:
         else:
             viz_maps, viz_scores = maps, image_score
         files['viz'] = save_visualizations(c, run_files.viz_dir, test_set, viz_maps, viz_scores, scores.labels,
-                                          scores.masks, epoch=history[-1]['epoch'], calibration=calibration)
+                                          scores.masks, epoch=history[-1]['epoch'], read_image=read_rgb,
+                                          calibration=calibration)
         print(f'Visualizations in {files["viz"]}')
     print(f'Results in {", ".join(files[k] for k in ("text", "json") if k in files)}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,

@@ -33,7 +33,7 @@ from custom_models.scoring import deployable
 from utils.calibration import MASK_PEAK_SHARE, mask_threshold
 from utils.errors import CflowError
 from utils.export_onnx import OnnxModel, OpenVinoModel
-from utils.model_file import read_model
+from custom_models.model_file import read_model
 
 RUNTIMES = ('torch', 'onnxruntime', 'openvino')
 
@@ -204,7 +204,7 @@ def torch_runner(module: torch.nn.Module, device: str) -> Callable:
 
 def detector_from_model(loaded, calibration: Optional[dict], device: str, source: str,
                         thresholds: Optional[Thresholds] = None) -> Detector:
-    """A Detector of a model read into memory (``utils.model_file.LoadedModel``) on ``device``."""
+    """A Detector of a model read into memory (``custom_models.model_file.LoadedModel``) on ``device``."""
     if calibration is None:
         raise uncalibrated(source)
     module = deployable(loaded.encoder, loaded.decoders, loaded.settings, calibration)

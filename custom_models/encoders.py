@@ -1,67 +1,56 @@
 """Frozen ImageNet encoders that return their tapped feature maps ("pool layers").
 
-The published code fills a module-level dict from forward hooks; here an encoder object
-returns its taps, shallow to deep, from ``forward``. Tap rules (see the spec):
+The published code fills a module-level dict from forward hooks; here an encoder object returns
+its taps from ``forward``, in the published decoder order. Each family lives in its own module,
+like torchvision's ``models/``; this registry maps a name to it (``custom_models/architectures.py``
+says which names each family accepts). A family module provides::
 
-* ResNets: outputs of ``layer2``, ``layer3``, ``layer4``; the 7x7 stem conv and every
-  3x3 conv pad by reflection, as in the authors' copy of torchvision's ResNet.
-* MobileNetV3: the 1x1 projection Conv2d (before its BatchNorm) of inverted-residual
-  blocks ``features[-11|-10], features[-5], features[-2]``.
+    build_net(arch) -> nn.Module          # random init; its state dict goes into checkpoints
+    tap_plan(arch, pool_layers, net)      # (tap names, what forward_taps needs to find them)
+    forward_taps(net, plan, x) -> [maps]  # B x C x H x W each, in decoder order
+    unused_key(key)                       # state entries never run (a classifier head)
+    normalise_state(arch, state)          # accepted variants of the state dict's keys
+    looks_like(state)                     # a cheap key test before the exact check
+    imagenet_state(arch), imagenet_cache_path(arch), weights_name(arch)
 
-``-pl L`` keeps the deepest L taps. ``encoder.net`` is the torchvision module whose state
-dict goes into checkpoints: the whole ResNet, or a MobileNet's ``.features``.
+ResNets, MobileNets (torchvision) and ViT-B/16, EfficientNet-B5 (timm, imported only when used).
 """
-import os
-import urllib.error
 from functools import lru_cache
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
-import torchvision.models as tvm
 
-from custom_models.architectures import ENCODER_ARCHS, MOBILENETS, RESNETS  # noqa: F401 (re-exported)
+from custom_models import efficientnet_encoders, mobilenet_encoders, resnet_encoders, vit_encoders
+from custom_models.architectures import (ENCODER_ARCHS, MOBILENETS, RESNETS, encoder_family,  # noqa: F401
+                                         encoder_names_text, fixed_input_size)
+from custom_models.weights import read_state_file  # noqa: F401 (re-exported)
 from utils.errors import CflowError
 
-
-# Feature-block indices of the three MobileNetV3 taps, shallow to deep.
-MOBILENET_TAPS = {'mobilenet_v3_large': (-11, -5, -2), 'mobilenet_v3_small': (-10, -5, -2)}
-RESNET_TAPS = ('layer2', 'layer3', 'layer4')
+FAMILIES = {'resnet': resnet_encoders, 'mobilenet': mobilenet_encoders, 'vit': vit_encoders,
+            'efficientnet': efficientnet_encoders}
 
 
-def imagenet_weights(arch: str):
-    """The torchvision ``IMAGENET1K_V1`` weights enum of ``arch`` (the published weights)."""
-    return tvm.get_model_weights(arch).IMAGENET1K_V1
+def family(arch: str):
+    """The module that builds ``arch`` (one error listing the accepted names otherwise)."""
+    kind = encoder_family(arch)
+    if kind is None:
+        raise CflowError(f'unknown encoder -enc {arch!r}: choose one of {encoder_names_text()}')
+    return FAMILIES[kind]
 
 
-def reflect_pad_convs(resnet: nn.Module) -> nn.Module:
-    """Switch the 7x7 stem conv and every 3x3 conv to reflection padding, in place.
-
-    The authors' ResNet copy builds these convs with ``padding_mode='reflect'``; 1x1
-    convs and the max-pool keep their padding. Conv2d keeps its padding amounts for
-    every mode, so changing the mode after construction gives the same module.
-    """
-    for module in resnet.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size in ((3, 3), (7, 7)):
-            module.padding_mode = 'reflect'
-    return resnet
-
-
-def _build_net(arch: str) -> nn.Module:
-    """The randomly initialised torchvision module that ``encoder.net`` holds."""
-    model = getattr(tvm, arch)()
-    if arch in RESNETS:
-        return reflect_pad_convs(model)
-    return model.features
+def build_net(arch: str) -> nn.Module:
+    """The randomly initialised module that ``encoder.net`` holds."""
+    return family(arch).build_net(arch)
 
 
 class FeatureEncoder(nn.Module):
-    """A frozen CNN whose ``forward`` returns the tapped maps, shallow to deep.
+    """A frozen network whose ``forward`` returns the tapped maps, in decoder order.
 
     Args:
-        arch: one of :data:`ENCODER_ARCHS`.
-        pool_layers: how many taps to keep (1..3), the deepest ones.
-        net: the torchvision module (``_build_net(arch)``), weights already loaded.
+        arch: an encoder name (:func:`custom_models.architectures.encoder_family` knows it).
+        pool_layers: how many taps to keep (1..3), as the published ``-pl``.
+        net: the family's module (``build_net(arch)``), weights already loaded.
     """
 
     def __init__(self, arch: str, pool_layers: int, net: nn.Module, probe: bool = True):
@@ -69,62 +58,28 @@ class FeatureEncoder(nn.Module):
         if not 1 <= pool_layers <= 3:
             raise CflowError(f'-pl/--pool-layers must be 1, 2 or 3, got {pool_layers}')
         self.arch = arch
+        self.kind = encoder_family(arch)
         self.pool_layers = pool_layers
         self.net = net
-        if arch in RESNETS:
-            self.tap_names = list(RESNET_TAPS[-pool_layers:])
-        else:
-            indices = MOBILENET_TAPS[arch][-pool_layers:]
-            self.tap_names = [f'features[{i}]' for i in indices]
-            self._tapped = {len(net) + i for i in indices}
-            # Running past the deepest tap only costs time: stop there.
-            self._last_block = max(self._tapped)
+        self.tap_names, self.tap_plan = family(arch).tap_plan(arch, pool_layers, net)
         if probe:  # tap_shapes builds a weightless twin of this encoder, which must not recurse
-            self.pool_dims = [shape[0] for shape in tap_shapes(arch, pool_layers, 64)]
+            self.pool_dims = [shape[0] for shape in tap_shapes(arch, pool_layers, probe_size(arch))]
         self.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        if self.arch in RESNETS:
-            n = self.net
-            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-            x = n.layer1(x)
-            taps = {}
-            for name in RESNET_TAPS:
-                x = getattr(n, name)(x)
-                taps[name] = x
-            return [taps[name] for name in self.tap_names]
-        taps = []  # local, not module state: threads sharing one encoder keep their own taps
-        for index, block in enumerate(self.net[:self._last_block + 1]):
-            if index in self._tapped:
-                x, tap = inverted_residual_with_tap(block, x)
-                taps.append(tap)
-            else:
-                x = block(x)
-        return taps
+        return FAMILIES[self.kind].forward_taps(self.net, self.tap_plan, x)
 
 
-def inverted_residual_with_tap(block: nn.Module, x: torch.Tensor):
-    """torchvision's InvertedResidual.forward, also returning the output of its last 1x1 projection
-    conv before that conv's BatchNorm (the published tap): the same operations in the same order."""
-    *layers, projection = block.block
-    h = x
-    for layer in layers:
-        h = layer(h)
-    conv, *after = projection  # (Sequential subclasses cannot be sliced)
-    tap = conv(h)
-    h = tap
-    for layer in after:
-        h = layer(h)
-    if block.use_res_connect:
-        h = h + x
-    return h, tap
+def probe_size(arch: str) -> int:
+    """An input size every encoder of this name takes (for its tap dims)."""
+    return fixed_input_size(arch) or 64
 
 
 @lru_cache(maxsize=64)
 def tap_shapes(arch: str, pool_layers: int, input_size: int) -> List[tuple]:
     """(C, H, W) of each tap for a square input, from a weightless run on the meta device."""
     with torch.device('meta'):
-        encoder = FeatureEncoder(arch, pool_layers, _build_net(arch), probe=False)
+        encoder = FeatureEncoder(arch, pool_layers, build_net(arch), probe=False)
         taps = encoder(torch.empty(1, 3, input_size, input_size))
     return [tuple(t.shape[1:]) for t in taps]
 
@@ -133,8 +88,12 @@ def input_size_fits(arch: str, pool_layers: int, input_size: int, min_positions:
     """Whether every tap exists at this input size and has at least ``min_positions`` positions.
 
     A ResNet's reflection padding needs each padded map to be larger than its padding, so a
-    too-small input fails inside the network; that failure is what this detects.
+    too-small input fails inside the network; that failure is what this detects. A ViT takes
+    only its own size.
     """
+    fixed = fixed_input_size(arch)
+    if fixed is not None and input_size != fixed:
+        return False
     try:
         shapes = tap_shapes(arch, pool_layers, input_size)
     except RuntimeError:
@@ -144,6 +103,9 @@ def input_size_fits(arch: str, pool_layers: int, input_size: int, min_positions:
 
 def smallest_input_size(arch: str, pool_layers: int, min_positions: int = 1, limit: int = 4096) -> int:
     """The smallest square -inp for which :func:`input_size_fits` holds (binary search: it is monotone)."""
+    fixed = fixed_input_size(arch)
+    if fixed is not None:
+        return fixed
     low, high = 1, limit
     while low < high:
         middle = (low + high) // 2
@@ -158,51 +120,62 @@ def smallest_input_size(arch: str, pool_layers: int, min_positions: int = 1, lim
 # Weights
 
 
-def _required_keys(net: nn.Module) -> Dict[str, torch.Size]:
-    """The state-dict entries the taps depend on (a ResNet's ``fc`` is not used)."""
-    return {k: v.shape for k, v in net.state_dict().items() if not _unused_key(k)}
+def tapped_state(arch: str, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The entries of a state dict the taps can depend on (a classifier head is never run)."""
+    unused = family(arch).unused_key
+    return {k: v for k, v in state.items() if not unused(k)}
 
 
-def _unused_key(key: str) -> bool:
-    return key.startswith('fc.')
+def _required_keys(arch: str, net: nn.Module) -> Dict[str, torch.Size]:
+    return {k: v.shape for k, v in tapped_state(arch, net.state_dict()).items()}
 
 
-def _mismatches(required: Dict[str, torch.Size], state: Dict[str, torch.Tensor]) -> List[str]:
+def _mismatches(arch: str, required: Dict[str, torch.Size], state: Dict[str, torch.Tensor]) -> List[str]:
     """Keys missing, of another shape, or extra (a deeper network holds all of a shallower one's)."""
     bad = [k for k, s in required.items() if k not in state or tuple(state[k].shape) != tuple(s)]
-    return bad + [k for k in state if k not in required and not _unused_key(k)]
+    return bad + [k for k in tapped_state(arch, state) if k not in required]
 
 
+@lru_cache(maxsize=None)
 def _signature(arch: str) -> Dict[str, torch.Size]:
     with torch.device('meta'):
-        net = _build_net(arch)
-    return _required_keys(net)
+        net = build_net(arch)
+    return _required_keys(arch, net)
 
 
-def guess_encoder_arch(state: Dict[str, torch.Tensor]) -> Optional[str]:
-    """The encoder architecture whose tapped part a state dict fits exactly, if any."""
-    for arch in ENCODER_ARCHS:
-        if not _mismatches(_signature(arch), normalise_encoder_state(arch, state)):
-            return arch
+def fits(arch: str, state: Dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is exactly the tapped part of an ``arch`` network."""
+    return not _mismatches(arch, _signature(arch), normalise_encoder_state(arch, state))
+
+
+def guess_encoder_arch(state: Dict[str, torch.Tensor], preferred: Optional[str] = None) -> Optional[str]:
+    """The encoder architecture whose tapped part a state dict fits exactly, if any (``preferred``
+    first: tf_efficientnet_b5 and efficientnet_b5 have the same tensors, so only a flag can tell them
+    apart). A family is only built (timm imported) where its keys look like the state's."""
+    if preferred is not None and encoder_family(preferred) and fits(preferred, state):
+        return preferred
+    for module in FAMILIES.values():
+        if module.looks_like(state):
+            for arch in module.ARCHS:
+                if fits(arch, state):
+                    return arch
     return None
 
 
 def normalise_encoder_state(arch: str, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Accept a whole torchvision MobileNet state dict as well as its ``.features`` one."""
-    if arch in MOBILENETS and any(k.startswith('features.') for k in state):
-        return {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')}
-    return state
+    """The family's accepted key variants (e.g. a whole torchvision MobileNet as well as its ``.features``)."""
+    return family(arch).normalise_state(arch, state)
 
 
 def load_encoder_state(encoder: FeatureEncoder, state: Dict[str, torch.Tensor], source: str) -> None:
     """Load a state dict into ``encoder.net`` after checking it is this architecture.
 
-    Like the published loader, a ResNet's unused ``fc`` is ignored; unlike it, a missing,
-    extra or differently shaped key is an error naming the architecture that was found.
+    Like the published loader, entries that are never run (a classifier head) are ignored;
+    unlike it, a missing, extra or differently shaped key is an error naming the architecture
+    that was found.
     """
     state = normalise_encoder_state(encoder.arch, state)
-    required = _required_keys(encoder.net)
-    bad = _mismatches(required, state)
+    bad = _mismatches(encoder.arch, _required_keys(encoder.arch, encoder.net), state)
     if bad:
         found = guess_encoder_arch(state)
         found_text = f'a {found} encoder' if found else 'an encoder of no supported architecture'
@@ -213,54 +186,35 @@ def load_encoder_state(encoder: FeatureEncoder, state: Dict[str, torch.Tensor], 
 
 
 def imagenet_cache_path(arch: str) -> str:
-    """Where torchvision keeps (or will download) the ImageNet file of ``arch``."""
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(imagenet_weights(arch).url))
-
-
-def _download_imagenet_state(arch: str) -> Dict[str, torch.Tensor]:
-    weights = imagenet_weights(arch)
-    cache_file = imagenet_cache_path(arch)
-    try:
-        return weights.get_state_dict(progress=True)
-    except (urllib.error.URLError, OSError) as exc:
-        raise CflowError(
-            f'cannot get the ImageNet weights of {arch} ({weights.url}: {exc}); either put '
-            f'{os.path.basename(cache_file)} into {os.path.dirname(cache_file)}/ (torch hub cache) or pass '
-            f'--encoder-weights PATH to that file (or --encoder-weights none for a random-init encoder)') from None
+    """Where the pretrained file of ``arch`` is read from (torch hub cache; timm's own folder there)."""
+    return family(arch).imagenet_cache_path(arch)
 
 
 def imagenet_weights_cached(arch: str) -> bool:
-    """Whether torchvision's ImageNet file for ``arch`` is already in the hub cache."""
+    """Whether the pretrained file for ``arch`` is already on this machine."""
+    import os
     return os.path.isfile(imagenet_cache_path(arch))
 
 
-def read_state_file(path: str, what: str) -> dict:
-    """``torch.load`` a weights file on the CPU, with a clear error when it cannot."""
-    if not os.path.isfile(path):
-        raise CflowError(f'{what} {path} does not exist: check the path')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean the same to the user
-        raise CflowError(f'{what} {path} is not a readable torch file ({type(exc).__name__}: '
-                         f'{str(exc).splitlines()[0] if str(exc) else ""})') from None
+def weights_name(arch: str) -> str:
+    """The pretrained weights this project downloads for ``arch`` (recorded in compact files)."""
+    return family(arch).weights_name(arch)
 
 
 def build_encoder(arch: str, pool_layers: int, weights: str = 'imagenet') -> FeatureEncoder:
     """Build a frozen encoder in eval mode.
 
     Args:
-        weights: ``'imagenet'`` (torchvision ``IMAGENET1K_V1``, downloaded or from the
-            torch hub cache), ``'none'`` (random init from torch's current RNG state), or
-            the path of a state-dict file (a torchvision model's, a MobileNet's
-            ``.features``', or a CFLOW checkpoint's ``encoder_state_dict``).
+        weights: ``'imagenet'`` (torchvision ``IMAGENET1K_V1``, or timm's default pretrained tag,
+            downloaded or from the torch hub cache), ``'none'`` (random init from torch's current RNG
+            state), or the path of a state-dict file (``.pth``/``.pt``/``.safetensors``: a torchvision or
+            timm model's, a MobileNet's ``.features``', or a CFLOW checkpoint's ``encoder_state_dict``).
     """
-    if arch not in ENCODER_ARCHS:
-        raise CflowError(f'unknown encoder {arch!r}: choose one of {", ".join(ENCODER_ARCHS)}')
-    encoder = FeatureEncoder(arch, pool_layers, _build_net(arch))
+    encoder = FeatureEncoder(arch, pool_layers, build_net(arch))
     if weights == 'none':
         return encoder
     if weights == 'imagenet':
-        load_encoder_state(encoder, _download_imagenet_state(arch), f'the ImageNet weights of {arch}')
+        load_encoder_state(encoder, family(arch).imagenet_state(arch), f'the ImageNet weights of {arch}')
         return encoder
     state = read_state_file(weights, '--encoder-weights file')
     if isinstance(state, dict) and 'encoder_state_dict' in state:

@@ -27,7 +27,7 @@ from custom_models.fibers import score_feature_map
 from custom_models.flows import nll_loss
 from utils.calibration import calibrate_from_log_probs
 from utils.errors import CflowError
-from utils.model_file import model_settings
+from custom_models.model_file import model_settings
 from utils.progress import count, progress
 
 

@@ -16,7 +16,7 @@ from main import main
 from utils.anomaly_map import anomaly_maps, calibrated_maps
 from utils.calibration import CALIBRATION_KEY
 from utils.errors import CflowError
-from utils.model_file import read_model, save_compact
+from custom_models.model_file import read_model, save_compact
 
 from tests.conftest import reference_checkpoint, TRAIN
 from tests.test_errors import assert_one_line_error

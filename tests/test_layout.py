@@ -99,6 +99,24 @@ def test_no_verb_imports_another_and_packages_import_no_verb():
             assert not edges & top_level, (module, edges & top_level)
 
 
+def test_utils_import_no_model_or_dataset_code():
+    """utils/ holds the tools (metrics, maps, files); what builds encoders and decoders is in custom_models/."""
+    graph = import_graph()
+    for module, edges in graph.items():
+        if module.split('.')[0] == 'utils':
+            above = {e for e in edges if e.split('.')[0] in ('custom_models', 'custom_datasets')}
+            assert not above, (module, above)
+
+
+def test_one_module_per_encoder_family():
+    from custom_models.architectures import ENCODER_ARCHS, encoder_family
+    from custom_models.encoders import FAMILIES
+    assert set(FAMILIES) == {encoder_family(a) for a in ENCODER_ARCHS}
+    for kind, module in FAMILIES.items():
+        assert module.__name__ == f'custom_models.{kind}_encoders'
+        assert all(encoder_family(a) == kind for a in module.ARCHS)
+
+
 def definitions(pattern):
     """Modules whose source matches ``pattern`` (a regular expression), tests excluded."""
     return sorted(m for m, path in project_modules().items() if re.search(pattern, open(path).read()))

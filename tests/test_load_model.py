@@ -151,8 +151,8 @@ def test_threshold_flags_are_checked(trained, capsys, tmp_path):
 
 
 def test_an_uncalibrated_model_and_a_wrong_runtime_are_refused(trained, exported, tmp_path):
-    from utils.checkpoint import read_checkpoint, save_checkpoint
-    from utils.model_file import read_model
+    from custom_models.checkpoint import read_checkpoint, save_checkpoint
+    from custom_models.model_file import read_model
     _, checkpoint, _ = trained
     loaded = read_model(checkpoint, {})
     plain = str(tmp_path / 'plain.pt')

@@ -1,5 +1,4 @@
 """The authors' checkpoints load through --checkpoint and reproduce their outputs."""
-import json
 import os
 
 import pytest
@@ -11,15 +10,14 @@ from train import build_model
 from utils.anomaly_map import anomaly_maps
 from utils.errors import CflowError
 
-from tests.conftest import REFERENCE
+from tests.conftest import reference_checkpoint, reference_fixture
 
-FIXTURES = ['cflow_r18', 'cflow_mnv3l']
+FIXTURES = ['cflow_r18', 'cflow_mnv3l', 'cflow_vitb16', 'cflow_effb5']
 
 
 def fixture_config(name, *extra):
-    folder = os.path.join(REFERENCE, name)
-    fx = json.load(open(os.path.join(folder, 'fixture.json')))
-    argv = ['--action-type', 'norm-test', '--checkpoint', os.path.join(folder, 'checkpoint.pt'), '--no-cuda',
+    fx, folder = reference_fixture(name)
+    argv = ['--action-type', 'norm-test', '--checkpoint', reference_checkpoint(name), '--no-cuda',
             '-enc', fx['enc_arch'], '-pl', str(fx['pool_layers']), '-cb', str(fx['coupling_blocks']),
             '-inp', str(fx['input_size']), *extra]
     return parse_config(argv), folder
@@ -37,6 +35,11 @@ def test_checkpoint_reproduces_every_expected_tensor(name, scorer):
     encoder, decoders = build_model(c)
     with torch.inference_mode():
         log_probs = score_batch(c, encoder, make_scorers(c, decoders), expected['input'])
+        taps = encoder(expected['input'])
+    for l, tap in enumerate(taps):  # the timm fixtures also hold each tap as the authors' loop folds it
+        if f'tap_{l}' in expected:
+            assert tap.shape == expected[f'tap_{l}'].shape
+            assert relative_error(tap, expected[f'tap_{l}']) < 1e-4
     for l, log_prob in enumerate(log_probs):
         assert log_prob.shape == expected[f'log_prob_{l}'].shape
         assert relative_error(log_prob, expected[f'log_prob_{l}']) < 1e-4
@@ -71,8 +74,7 @@ def test_wrong_coupling_block_count_names_expected_and_found():
 
 def test_cli_norm_test_reports_a_mismatch_in_one_line(capsys, demo_root):
     from main import main
-    folder = os.path.join(REFERENCE, 'cflow_r18')
-    rc = main(['--action-type', 'norm-test', '--checkpoint', os.path.join(folder, 'checkpoint.pt'), '--no-cuda',
+    rc = main(['--action-type', 'norm-test', '--checkpoint', reference_checkpoint('cflow_r18'), '--no-cuda',
                '--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-cb', '8'])
     err = capsys.readouterr().err
     assert rc == 2 and 'Traceback' not in err and err.count('\n') == 1

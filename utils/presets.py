@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
-from custom_datasets.mvtec import MVTEC_CLASS_NAMES
 from utils.errors import CflowError
 from utils.results import model_name
 
@@ -87,8 +86,9 @@ CHECKPOINT_NAME = re.compile(r'(?P<dataset>[a-z]+)_(?P<enc>[a-z0-9_]+?)_(?P<dec>
                              r'_cb(?P<cb>\d+)_inp(?P<inp>\d+)_run(?P<run>\d+)_(?P<rest>.+)\.(pt|pth|safetensors)')
 
 
-def settings_from_checkpoint_name(path: str, class_names=MVTEC_CLASS_NAMES) -> Optional[dict]:
-    """The settings an authors'-style checkpoint name states, or None for another name."""
+def settings_from_checkpoint_name(path: str, class_names) -> Optional[dict]:
+    """The settings an authors'-style checkpoint name states, or None for another name (``class_names``:
+    the dataset's, e.g. MVTec's, so that a class with '_' in its name is read whole)."""
     m = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
     if not m:
         return None

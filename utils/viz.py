@@ -9,7 +9,6 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import precision_recall_curve
 
-from custom_datasets.common import read_rgb
 
 _JET = (plt.get_cmap('jet')(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # colour lookup table
 
@@ -121,8 +120,10 @@ def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
 
 
 def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                        masks: np.ndarray, epoch: int, calibration: dict = None) -> str:
+                        masks: np.ndarray, epoch: int, read_image, calibration: dict = None) -> str:
     """Write the figures of the test pass of ``epoch`` into ``folder`` and return it.
+
+    ``read_image``: path -> RGB PIL image (the dataset's reader; utils/ imports no dataset code).
 
     Per image, predict's picture (``overlay_picture``) beside the ground truth. With a
     ``calibration``, ``maps`` are the calibrated ones and the picture shows the stored thresholds
@@ -145,7 +146,7 @@ def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.nd
         t_pixel = f1_optimal_threshold(masks, maps) if masks.any() else float(np.quantile(maps, 0.99))
     vmax = 2 * t_image if t_image > 0 else float(maps.max())
     for i, path in enumerate(dataset.x):
-        image = display_copy(read_rgb(path), minimum=256)
+        image = display_copy(read_image(path), minimum=256)
         defective = scores[i] > t_image
         t_mask = mask_threshold(scores[i], calibration) if calibration is not None else t_pixel
         predicted = maps[i] > t_mask if defective else np.zeros(maps[i].shape, bool)

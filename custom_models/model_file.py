@@ -23,11 +23,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from custom_models.encoders import (FeatureEncoder, build_encoder, guess_encoder_arch, imagenet_cache_path,
-                                    imagenet_weights_cached, load_encoder_state, normalise_encoder_state)
+                                    imagenet_weights_cached, load_encoder_state, normalise_encoder_state,
+                                    read_state_file, tapped_state, weights_name)
 from custom_models.flows import build_decoders
 from utils.atomic import atomic_write
 from utils.calibration import CALIBRATION_KEY
-from utils.checkpoint import (describe_decoder_state, load_checkpoint_decoders, load_checkpoint_encoder,
+from custom_models.checkpoint import (describe_decoder_state, load_checkpoint_decoders, load_checkpoint_encoder,
                               read_checkpoint, save_checkpoint)
 from utils.errors import CflowError
 
@@ -54,10 +55,11 @@ def model_settings(c) -> dict:
     return {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
 
 
-def encoder_checksum(state: Dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tapped network's tensors (names and bytes, sorted by name; a ResNet's fc excluded)."""
+def encoder_checksum(arch: str, state: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tapped network's tensors (names and bytes, sorted by name; a classifier head excluded)."""
     digest = hashlib.sha256()
-    for key in sorted(k for k in state if not k.startswith('fc.')):
+    state = tapped_state(arch, state)
+    for key in sorted(state):
         digest.update(key.encode())
         digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -67,18 +69,20 @@ def stock_imagenet_checksum(arch: str) -> Optional[str]:
     """Checksum of the ImageNet encoder in the torch hub cache, or None where it is not there."""
     if not imagenet_weights_cached(arch):
         return None
-    state = torch.load(imagenet_cache_path(arch), map_location='cpu', weights_only=True)
-    return encoder_checksum(normalise_encoder_state(arch, state))  # the checksum skips a ResNet's fc
+    state = read_state_file(imagenet_cache_path(arch), 'pretrained weights file')
+    return encoder_checksum(arch, normalise_encoder_state(arch, state))
 
 
 # ----------------------------------------------------------------------------------
 # Reading
 
 
-def checkpoint_settings(state: dict) -> Optional[dict]:
+def checkpoint_settings(state: dict, preferred_arch: Optional[str] = None) -> Optional[dict]:
     """What an authors' checkpoint's tensors tell: encoder, pool layers, coupling blocks and decoder
-    kind (not the input size or normalisation, which no tensor holds); None where they cannot tell."""
-    arch = guess_encoder_arch(state['encoder_state_dict'])
+    kind (not the input size or normalisation, which no tensor holds); None where they cannot tell.
+    ``preferred_arch`` (the -enc given) wins where the tensors fit it too (two EfficientNet-B5 names
+    share every tensor)."""
+    arch = guess_encoder_arch(state['encoder_state_dict'], preferred_arch)
     desc = describe_decoder_state(state['decoder_state_dict'][0]) if state['decoder_state_dict'] else {}
     if arch is None or not desc.get('channels'):
         return None
@@ -86,7 +90,8 @@ def checkpoint_settings(state: dict) -> Optional[dict]:
                 dec_arch='freia-cflow' if desc['conditional'] else 'freia-flow')
 
 
-def stated_settings(path: str, weights_architecture: bool = True) -> Tuple[dict, Optional[dict]]:
+def stated_settings(path: str, weights_architecture: bool = True,
+                    preferred_arch: Optional[str] = None) -> Tuple[dict, Optional[dict]]:
     """(settings, calibration or None) that a model file states, read without building the model:
     a compact file's or an ONNX export's metadata; a calibrated .pt's recorded settings; an
     uncalibrated one's architecture from its tensors (through a memory map, so the weights are not
@@ -109,7 +114,7 @@ def stated_settings(path: str, weights_architecture: bool = True) -> Tuple[dict,
     calibration = state.get(CALIBRATION_KEY)
     if calibration is not None:
         return dict(calibration['settings']), calibration
-    return (checkpoint_settings(state) or {}) if weights_architecture else {}, None
+    return (checkpoint_settings(state, preferred_arch) or {}) if weights_architecture else {}, None
 
 
 def read_model(path: str, defaults: dict, weights_architecture: bool = True) -> LoadedModel:
@@ -127,7 +132,7 @@ def read_model(path: str, defaults: dict, weights_architecture: bool = True) -> 
     if calibration is not None:
         stated = dict(calibration['settings'])
     elif weights_architecture:
-        stated = checkpoint_settings(state)
+        stated = checkpoint_settings(state, defaults.get('enc_arch'))
         if stated is None:
             raise CflowError(f'checkpoint {path}: cannot tell its encoder or decoders from the weights')
     else:
@@ -175,7 +180,7 @@ def read_compact(path: str) -> LoadedModel:
                            f'model file {path}')
     else:  # the stock ImageNet network: downloaded or from the hub cache, then checked
         encoder = build_encoder(arch, settings['pool_layers'], 'imagenet')
-        found = encoder_checksum(encoder.net.state_dict())
+        found = encoder_checksum(arch, encoder.net.state_dict())
         if found != encoder_info['sha256']:
             raise CflowError(f'the ImageNet weights of {arch} on this machine (SHA-256 {found[:12]}...) are not the '
                              f'ones {path} was made with ({encoder_info["sha256"][:12]}...): put the right '
@@ -203,15 +208,15 @@ def save_compact(path: str, model: LoadedModel) -> dict:
         for key, value in decoder.state_dict().items():
             if not key.endswith(REDUNDANT_SUFFIX):
                 tensors[f'decoder.{l}.{key}'] = value.detach().cpu().contiguous()
-    encoder_state = {k: v for k, v in model.encoder.net.state_dict().items() if not k.startswith('fc.')}
-    checksum = encoder_checksum(encoder_state)
+    encoder_state = tapped_state(model.settings['enc_arch'], model.encoder.net.state_dict())
+    checksum = encoder_checksum(model.settings['enc_arch'], encoder_state)
     stock = stock_imagenet_checksum(model.settings['enc_arch'])
     stored = checksum != stock
     if stored:
         tensors.update({f'encoder.{k}': v.detach().cpu().contiguous() for k, v in encoder_state.items()})
     meta = {'format': COMPACT_FORMAT, 'settings': json.dumps(model.settings),
             'encoder': json.dumps({'stored': stored, 'arch': model.settings['enc_arch'],
-                                   'weights': 'stored' if stored else 'torchvision IMAGENET1K_V1', 'sha256': checksum})}
+                                   'weights': 'stored' if stored else weights_name(model.settings['enc_arch']), 'sha256': checksum})}
     if model.calibration is not None:
         meta['calibration'] = json.dumps(model.calibration)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
