@@ -83,9 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help='training: images per timed batch (steps and encoder time both scale with it, so the '
                         'ratio does not depend on it)')
     p.add_argument('--train-rounds', default=3, type=int, help='training: timed rounds per encoder')
+    p.add_argument('--compare-encoders', default='resnet18,vit_base_patch16_224,tf_efficientnet_b5',
+                   help='encoders: names timed side by side (norm-test pipeline and predict model) at '
+                        '--compare-size, comma-separated')
+    p.add_argument('--compare-size', default=224, type=int,
+                   help='encoders: input side (224: the one ViT-B/16 size every name here takes) (default: 224)')
+    p.add_argument('--compare-images', default=4, type=int, help='encoders: images per path and round (default: 4)')
     p.add_argument('--mask-seeds', default='101,102,103',
                    help='masks: data seeds of the demo-style classes (none of them is used by the tests)')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: pipeline,aupro,loader,predict,sizes,train,threads,masks')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: '
+                   'pipeline,aupro,loader,predict,encoders,sizes,train,threads,masks')
     return p
 
 
@@ -294,33 +301,94 @@ def bench_loader(a, rows):
                          f'{len(dataset) / t.seconds:.1f} img/s', '', ''))
 
 
+def calibrated_model(arch, encoder, decoders, input_size, folder):
+    """(AnomalyModel, settings, calibration): the deployable model, calibrated on 8 images of ``folder``."""
+    from custom_models.anomaly_model import AnomalyModel
+    from custom_datasets.inputs import ImageFiles
+    from utils.calibration import calibrate_from_log_probs
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    calibration_files = ImageFiles(list_images(folder)[:8], input_size)
+    images = torch.stack([calibration_files[i][0] for i in range(len(calibration_files))])
+    settings = {'enc_arch': arch, 'dec_arch': 'freia-cflow', 'pool_layers': len(decoders),
+                'coupling_blocks': len(decoders[0].module_list), 'input_size': input_size, 'norm_mean': list(mean),
+                'norm_std': list(std)}
+    model = AnomalyModel(encoder, decoders, input_size, mean, std, {'log_p_max': [0.0] * len(decoders),
+                                                                    'sum_max': 0.0}).eval()
+    with torch.inference_mode():
+        calibration = calibrate_from_log_probs(model.log_probs(images), (input_size,) * 2, 'bench', settings)
+    return AnomalyModel(encoder, decoders, input_size, mean, std, calibration).eval(), settings, calibration
+
+
+def bench_encoders(a, rows):
+    """ResNet-18 beside the timm encoders at one input size, in one interleaved run: the norm-test pipeline
+    (encoder, fused scorer, published maps) at batch --compare-images, and the predict model (calibrated,
+    batch 1) under PyTorch and OpenVINO; ratios to ResNet-18's norm-test pipeline."""
+    from custom_models.scoring import make_scorers as scorers_for
+    from utils.export_onnx import OpenVinoModel, export_onnx
+    size, paths, notes = a.compare_size, {}, {}
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(a.compare_images, 3, size, size, generator=generator)
+    tmp = tempfile.mkdtemp()
+    make_demo_class(tmp, 'encoders', image_size=size, n_train=8, n_test_good=1, n_test_defect=1)
+    folder = os.path.join(tmp, 'encoders', 'train', 'good')
+    for arch in a.compare_encoders.split(','):
+        encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'enc_arch': arch, 'device': 'cpu'}))
+        c = SimpleNamespace(scorer='fused', compile=False, condition_vec=CONDITION_VEC, device='cpu', fiber_chunk=65536)
+        built = scorers_for(c, decoders)
+
+        def norm_test(encoder=encoder, built=built):
+            with torch.inference_mode():
+                taps = encoder((images - 0.45) / 0.225)
+                anomaly_maps([score(e) for score, e in zip(built, taps)], (size, size))
+        model, _, _ = calibrated_model(arch, encoder, decoders, size, folder)
+        onnx_path = os.path.join(tmp, f'{arch}.onnx')
+        export_onnx(model, onnx_path)
+        openvino = OpenVinoModel(onnx_path)
+
+        def predict(run):
+            def one_by_one():
+                with torch.inference_mode():
+                    for x in images:
+                        run(x[None])
+            return one_by_one
+        paths[f'{arch}: norm-test pipeline (batch {a.compare_images})'] = norm_test
+        paths[f'{arch}: predict model, PyTorch (batch 1)'] = predict(model)
+        paths[f'{arch}: predict model, OpenVINO (batch 1)'] = predict(openvino)
+        with torch.inference_mode():
+            reference = model(images[:1])[0].numpy()
+        notes[f'{arch}: predict model, OpenVINO (batch 1)'] = \
+            f'max diff vs PyTorch {np.abs(openvino(images[:1])[0] - reference).max() / np.ptp(reference):.1e} of the map range'
+        notes[f'{arch}: norm-test pipeline (batch {a.compare_images})'] = \
+            f'taps {", ".join("x".join(map(str, s)) for s in tap_shapes_of(encoder, size))}'
+    seconds = interleaved(paths, a.rounds, 'cpu')
+    baseline = next(iter(paths))
+    rows += [(name, speed, ratio, '; '.join(filter(None, (f'-inp {size} -pl {a.pool_layers} -cb {a.coupling_blocks}',
+                                                          notes.get(name)))))
+             for name, speed, ratio, _ in speed_rows(seconds, a.compare_images, baseline)]
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tap_shapes_of(encoder, size):
+    from custom_models.encoders import tap_shapes
+    return tap_shapes(encoder.arch, encoder.pool_layers, size)
+
+
 def bench_predict(a, rows):
     """Predict on a folder of image files: model-only paths interleaved, then the whole command."""
     import contextlib
     import io
-    from custom_models.anomaly_model import AnomalyModel
     from custom_datasets.inputs import ImageFiles, collate
     from main import main as run_main
-    from utils.calibration import calibrate_from_log_probs
     from utils.export_onnx import OnnxModel, OpenVinoModel, export_onnx
     from custom_models.model_file import LoadedModel, write_model
     encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with tempfile.TemporaryDirectory() as root:
         make_demo_class(root, 'predict', image_size=a.predict_image_size, n_train=a.predict_images,
                         n_test_good=1, n_test_defect=1)
         folder = os.path.join(root, 'predict', 'train', 'good')
         # calibrated on images of the same kind, as a user would (noise would give extreme maps)
-        calibration_files = ImageFiles(list_images(folder)[:8], a.input_size)
-        images = torch.stack([calibration_files[i][0] for i in range(len(calibration_files))])
-        settings = {'enc_arch': a.enc_arch, 'dec_arch': 'freia-cflow', 'pool_layers': a.pool_layers,
-                    'coupling_blocks': a.coupling_blocks, 'input_size': a.input_size, 'norm_mean': list(mean),
-                    'norm_std': list(std)}
-        model = AnomalyModel(encoder, decoders, a.input_size, mean, std, {'log_p_max': [0.0] * len(decoders),
-                                                                          'sum_max': 0.0}).eval()
-        with torch.inference_mode():
-            calibration = calibrate_from_log_probs(model.log_probs(images), (a.input_size,) * 2, 'bench', settings)
-        model = AnomalyModel(encoder, decoders, a.input_size, mean, std, calibration).eval()
+        model, settings, calibration = calibrated_model(a.enc_arch, encoder, decoders, a.input_size, folder)
         checkpoint, onnx_path = os.path.join(root, 'model.pt'), os.path.join(root, 'model.onnx')
         write_model(checkpoint, LoadedModel(encoder, decoders, settings, calibration))
         export_onnx(model, onnx_path)
@@ -667,6 +735,8 @@ def main(argv=None):
         bench_loader(a, rows)
     if 'predict' not in skip:
         bench_predict(a, rows)
+    if 'encoders' not in skip:
+        bench_encoders(a, rows)
     if 'sizes' not in skip:
         bench_sizes(a, rows)
     if 'train' not in skip:

@@ -79,3 +79,12 @@ def test_cli_norm_test_reports_a_mismatch_in_one_line(capsys, demo_root):
     err = capsys.readouterr().err
     assert rc == 2 and 'Traceback' not in err and err.count('\n') == 1
     assert err.startswith('error: checkpoint') and '4 coupling blocks' in err and 'expects' in err
+
+
+def test_a_changed_encoder_init_is_reported_as_such():
+    """Another timm or torchvision release may initialise differently: the test says so before any number."""
+    from tests.conftest import seeded_encoder_state
+    fixture, _ = reference_fixture('cflow_effb5')
+    changed = {**fixture, 'encoder_init': {**fixture['encoder_init'], 'state_sha256': '0' * 64}}
+    with pytest.raises(pytest.fail.Exception, match='is not the one the fixture was made with.*timm 1.0.31'):
+        seeded_encoder_state(changed)

@@ -131,3 +131,21 @@ def test_other_encoders_never_import_timm():
             'print("timm" in sys.modules)\n')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == 'False', out.stdout + out.stderr
+
+
+def test_the_runner_tests_timm_checkpoints_with_the_settings_their_names_state(tmp_path, capsys):
+    import shutil
+    import reproduce
+    from tests.conftest import reference_checkpoint
+    from utils.presets import PRESETS
+    folder = tmp_path / 'released'
+    folder.mkdir()
+    shutil.copy(reference_checkpoint('cflow_effb5'), folder / 'mvtec_tf_efficientnet_b5_freia-cflow_pl3_cb2_inp256_run0_bottle.pt')
+    shutil.copy(reference_checkpoint('cflow_vitb16'),
+                folder / 'mvtec_vit_base_patch16_224_freia-cflow_pl3_cb1_inp224_run0_bottle.pt')
+    argv = ['--preset', 'mnv3-released', '--checkpoints', str(folder), '--dataset', 'demo', '--no-cuda',
+            '--workers', '0', '--output-dir', str(tmp_path / 'out'), '--data-path', str(tmp_path / 'data')]
+    jobs = reproduce.plan_jobs(reproduce.parse_args(argv), PRESETS['mnv3-released'])
+    flags = [dict(zip(j.argv[::2], j.argv[1::2])) for j in jobs]
+    assert [(f['-enc'], f['-inp'], f['-cb']) for f in flags] == [('tf_efficientnet_b5', '256', '2'),
+                                                                 ('vit_base_patch16_224', '224', '1')]
