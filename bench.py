@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--compare-size', default=224, type=int,
                    help='encoders: input side (224: the one ViT-B/16 size every name here takes) (default: 224)')
     p.add_argument('--compare-images', default=4, type=int, help='encoders: images per path and round (default: 4)')
+    p.add_argument('--stage-images', default=24, type=int, help='stages: image files per input size (default: 24)')
+    p.add_argument('--stage-sizes', default='512,1024', help='stages: sides of the PNG inputs (default: 512,1024)')
     p.add_argument('--mask-seeds', default='101,102,103',
                    help='masks: data seeds of the demo-style classes (none of them is used by the tests)')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: '
-                   'pipeline,aupro,loader,predict,encoders,sizes,train,threads,masks')
+                   'pipeline,aupro,loader,predict,stages,encoders,sizes,train,threads,masks')
     return p
 
 
@@ -317,6 +319,98 @@ def calibrated_model(arch, encoder, decoders, input_size, folder):
     with torch.inference_mode():
         calibration = calibrate_from_log_probs(model.log_probs(images), (input_size,) * 2, 'bench', settings)
     return AnomalyModel(encoder, decoders, input_size, mean, std, calibration).eval(), settings, calibration
+
+
+def time_each(fn, items) -> float:
+    """Seconds per item of ``fn`` over ``items`` (one warm-up call first)."""
+    fn(items[0])
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - start) / len(items)
+
+
+def bench_stages(a, rows):
+    """Predict's throughput model (ResNet-style model of -enc, OpenVINO, batch 1): per image the
+    core-seconds of each stage measured alone, and the rate they allow on this machine's cores
+    (cores / sum of core-seconds: every stage overlapped perfectly, none idle), printed beside the
+    predict command's measured rate, with overlays and with --scores-only."""
+    import contextlib
+    import io
+    import pickle
+    from custom_datasets.inputs import ImageFiles
+    from custom_models import load_model
+    from main import main as run_main
+    from utils.export_onnx import export_onnx
+    from utils.prediction_files import PredictionTable, save_png
+    from utils.viz import decision_picture
+    from PIL import Image
+    cores = os.cpu_count() or 1
+    encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
+    with tempfile.TemporaryDirectory() as root:
+        make_demo_class(root, 'calibration', image_size=a.input_size, n_train=8, n_test_good=1, n_test_defect=1)
+        model, _, _ = calibrated_model(a.enc_arch, encoder, decoders, a.input_size,
+                                       os.path.join(root, 'calibration', 'train', 'good'))
+        onnx_path = os.path.join(root, 'model.onnx')
+        export_onnx(model, onnx_path)
+        detector = load_model(onnx_path, runtime='openvino')
+        t = detector.thresholds
+        threads = cores  # OpenVINO's CPU plugin runs one stream on every core by default
+        for side in [int(v) for v in a.stage_sizes.split(',')]:
+            make_demo_class(root, f'stages{side}', image_size=side, n_train=a.stage_images, n_test_good=1,
+                            n_test_defect=1)
+            folder = os.path.join(root, f'stages{side}', 'train', 'good')
+            files = ImageFiles(list_images(folder), detector.input_size)
+            items = [files[i] for i in range(len(files))]
+            scored = [(x, item, detector.score_images(x[None])) for x, item in items]
+            results = [(item, detector.result(maps[0], scores[0], item[3])) for _, item, (maps, scores) in scored]
+            pictures = [(item, r, decision_picture(item[2], r.model_map, r.mask, 2 * t.image, r.score, t.image,
+                                                   r.thresholds['mask_threshold'], r.defective, 'thresholds: stored'))
+                        for item, r in results]
+            out = os.path.join(root, f'out{side}')
+            os.makedirs(out)
+            table = PredictionTable(os.path.join(out, 'table.csv'))
+            row = {'source': 'x', 'frame': '', 'score': 1.0, 'decision': 'good', 'defect_pixels': 0,
+                   'defect_fraction': 0.0, 'overlay': 'o', 'mask': 'm'}
+            stages = {  # name -> (seconds per image, cores it keeps busy, also with --scores-only)
+                'decode + resize + display copy': (time_each(lambda i: files[i], list(range(len(files)))), 1, True),
+                'hand-over to the main process (pickle)': (
+                    time_each(lambda item: pickle.loads(pickle.dumps(item)), items), 1, True),
+                'model (OpenVINO)': (time_each(lambda s: detector.score_images(s[0][None]), scored), threads, True),
+                'decision + full-size mask': (time_each(lambda s: detector.result(s[2][0][0], s[2][1][0], s[1][3]),
+                                                        scored), 1, True),
+                'table row (appended, fsync)': (time_each(lambda _: table.append([row]), items), 1, True),
+                'overlay composition': (time_each(lambda p: decision_picture(
+                    p[0][2], p[1].model_map, p[1].mask, 2 * t.image, p[1].score, t.image,
+                    p[1].thresholds['mask_threshold'], p[1].defective, 'thresholds: stored'), pictures), 1, False),
+                'overlay PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'o.png'), p[2]),
+                                                         pictures), 1, False),
+                'mask PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'm.png'), Image.fromarray(
+                    (p[1].mask * 255).astype(np.uint8))), pictures), 1, False),
+            }
+            model_rate = 1 / stages['model (OpenVINO)'][0]
+            for name, (seconds, busy, _) in stages.items():
+                rows.append((f'stage {side}px: {name}', f'{1000 * seconds:.1f} ms', '',
+                             f'{1000 * seconds * busy:.1f} core-ms' + (f' ({busy} threads)' if busy > 1 else '')))
+            limits = {}
+            for label, scores_only in (('overlays', False), ('--scores-only', True)):
+                core_seconds = sum(sec * busy for sec, busy, both in stages.values() if both or not scores_only)
+                limits[label] = cores / core_seconds
+                rows.append((f'limit {side}px, {label}', f'{limits[label]:.1f} img/s', '',
+                             f'{cores} cores / {1000 * core_seconds:.1f} core-ms per image'))
+            for label, extra in (('overlays', []), ('--scores-only', ['--scores-only'])):
+                argv = ['--action-type', 'predict', '--checkpoint', onnx_path, '--runtime', 'openvino', '--input',
+                        folder, '--no-cuda', '--workers', str(min(2, cores)), '-bs', '1', '--output-dir',
+                        os.path.join(root, f'command{side}')] + extra
+                with contextlib.redirect_stdout(io.StringIO()):
+                    run_main(argv)  # warm-up (the OpenVINO compile, the worker start)
+                    start = time.perf_counter()
+                    if run_main(argv) != 0:
+                        raise RuntimeError(f'predict failed: {argv}')
+                    rate = len(files) / (time.perf_counter() - start)
+                rows.append((f'predict command {side}px, OpenVINO, {label}', f'{rate:.1f} img/s',
+                             f'{rate / limits[label]:.2f}x', f'of the limit; {rate / model_rate:.2f}x the model '
+                                                             f'alone ({model_rate:.1f} img/s)'))
 
 
 def bench_encoders(a, rows):
@@ -735,6 +829,8 @@ def main(argv=None):
         bench_loader(a, rows)
     if 'predict' not in skip:
         bench_predict(a, rows)
+    if 'stages' not in skip:
+        bench_stages(a, rows)
     if 'encoders' not in skip:
         bench_encoders(a, rows)
     if 'sizes' not in skip:

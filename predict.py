@@ -23,12 +23,9 @@ Writes under DIR (default: ``predictions/<input name>``), each file atomically:
 Unreadable images are skipped with a warning and counted in the summary. Files under DIR
 are never taken as inputs (DIR may sit inside the input folder).
 """
-import csv
-import io
 import json
 import os
 import time
-from typing import Iterator, List
 
 import numpy as np
 from PIL import Image
@@ -41,6 +38,7 @@ from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
 from custom_models.model_file import model_settings, read_model
 from utils.progress import count, progress
+from utils.prediction_files import BackgroundWriter, PredictionTable, save_png
 from utils.viz import decision_picture, index_html
 
 # ----------------------------------------------------------------------------------
@@ -69,66 +67,6 @@ def output_name(source: str, frame, root: str) -> str:
     relative = os.path.relpath(source, root) if os.path.isdir(root) else os.path.basename(source)
     relative = relative.replace(':', '-')
     return os.path.join(relative, f'{frame:06d}.png') if frame is not None else f'{relative}.png'
-
-
-class PredictionTable:
-    """predictions.csv, appended one batch at a time (one write, flushed to disk), so every scored row
-    survives a crash or a later failure; the header is written once, at the start."""
-
-    FIELDS = ['source', 'frame', 'score', 'decision', 'defect_pixels', 'defect_fraction', 'overlay', 'mask']
-
-    def __init__(self, path: str):
-        self.path, self.rows = path, 0
-        atomic_write_text(path, ','.join(self.FIELDS) + '\n')
-
-    def append(self, rows: List[dict]) -> None:
-        buffer = io.StringIO()
-        csv.DictWriter(buffer, fieldnames=self.FIELDS).writerows(rows)
-        try:
-            with open(self.path, 'a', newline='') as f:
-                f.write(buffer.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise CflowError(f'cannot append to {self.path} ({exc.strerror}): free some disk space (the rows '
-                             f'written so far are kept)') from None
-        self.rows += len(rows)
-
-    def read(self) -> Iterator[dict]:
-        with open(self.path, newline='') as f:
-            yield from csv.DictReader(f)
-
-
-def save_png(path: str, image: Image.Image) -> None:
-    # zlib's fastest level: PNG encoding at the default level cost more than scoring the image
-    atomic_write(path, lambda tmp: image.save(tmp, format='PNG', compress_level=1))
-
-
-class BackgroundWriter:
-    """Encodes and writes PNGs on a thread (Pillow releases the GIL while encoding), so writing
-    overlaps the next batch's scoring; at most ``pending`` writes wait, and any error surfaces."""
-
-    def __init__(self, pending: int = 64):
-        from concurrent.futures import ThreadPoolExecutor
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.futures, self.pending = [], pending
-
-    def submit(self, fn, *args) -> None:
-        self.futures.append(self.pool.submit(fn, *args))
-        while len(self.futures) > self.pending:
-            self.futures.pop(0).result()
-
-    def close(self) -> None:
-        """Wait for every write; re-raise the first error."""
-        try:
-            for future in self.futures:
-                future.result()
-        finally:
-            self.pool.shutdown(wait=True)
-
-    def abort(self) -> None:
-        """After an error elsewhere: drop what has not started, wait for the rest, raise nothing."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class VideoWriter:

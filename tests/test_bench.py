@@ -11,7 +11,7 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
     rows = bench.main(['-enc', 'resnet18', '-inp', '64', '-bs', '2', '-cb', '2', '--batches', '1', '--rounds', '2',
                        '--device', 'cpu', '--pro-maps', '12', '--pro-size', '32', '--loader-images', '4',
                        '--loader-image-size', '64', '--workers', '0', '--predict-images', '4',
-                       '--predict-image-size', '96', '--skip', 'sizes,threads,masks', '--train-encoders', 'resnet18',
+                       '--predict-image-size', '96', '--skip', 'sizes,threads,masks,stages,encoders', '--train-encoders', 'resnet18',
                        '--train-batch', '8', '--train-rounds', '1'])
     by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
     assert by_name['authors 256-fiber loop'][1] == 'baseline'
@@ -40,3 +40,33 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
         speed, ratio, notes = train[name]
         assert re.fullmatch(SPEED, speed) and re.fullmatch(RATIO, ratio)
         assert float(re.search(r'final weights ([\d.e+-]+)', notes).group(1)) <= 1e-3
+
+
+def test_the_throughput_model_adds_up_the_stages_and_names_the_command_rate():
+    rows = bench.main(['-enc', 'resnet18', '-inp', '64', '-cb', '1', '--device', 'cpu', '--stage-images', '3',
+                       '--stage-sizes', '96', '--skip', 'pipeline,aupro,loader,predict,encoders,sizes,train,threads,masks'])
+    by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
+    stages = {name: float(notes.split()[0]) for name, (_, _, notes) in by_name.items() if name.startswith('stage 96px')}
+    assert len(stages) == 8 and all(v > 0 for v in stages.values())
+    import os
+    cores = os.cpu_count()
+    limit = float(by_name['limit 96px, overlays'][0].split()[0])
+    assert abs(limit - cores / (sum(stages.values()) / 1000)) <= 0.06 * limit  # printed rounded
+    scores_only = float(by_name['limit 96px, --scores-only'][0].split()[0])
+    assert scores_only > limit  # fewer stages
+    for label in ('overlays', '--scores-only'):
+        speed, ratio, notes = by_name[f'predict command 96px, OpenVINO, {label}']
+        assert re.fullmatch(r'[\d.]+ img/s', speed) and re.fullmatch(r'[\d.]+x', ratio)
+        assert 'the model alone' in notes
+
+
+def test_the_encoders_section_times_each_encoder_against_the_first():
+    rows = bench.main(['-cb', '1', '--device', 'cpu', '--rounds', '1', '--compare-encoders', 'resnet18,mobilenet_v3_small',
+                       '--compare-size', '64', '--compare-images', '2',
+                       '--skip', 'pipeline,aupro,loader,predict,stages,sizes,train,threads,masks'])
+    by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
+    assert by_name['resnet18: norm-test pipeline (batch 2)'][1] == 'baseline'
+    for arch in ('resnet18', 'mobilenet_v3_small'):
+        speed, ratio, notes = by_name[f'{arch}: predict model, OpenVINO (batch 1)']
+        assert re.fullmatch(SPEED, speed) and re.fullmatch(RATIO, ratio)
+        assert float(re.search(r'max diff vs PyTorch ([\d.e+-]+)', notes).group(1)) <= 1e-4
