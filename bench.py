@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--stage-sizes', default='512,1024', help='stages: sides of the PNG inputs (default: 512,1024)')
     p.add_argument('--mask-seeds', default='101,102,103',
                    help='masks: data seeds of the demo-style classes (none of them is used by the tests)')
+    p.add_argument('--rows-json', default='', metavar='FILE',
+                   help='also write the table as JSON rows [name, speed, ratio, notes] to FILE')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: '
                    'pipeline,aupro,loader,predict,stages,encoders,sizes,train,threads,masks')
     return p
@@ -390,14 +392,14 @@ def bench_stages(a, rows):
             }
             model_rate = 1 / stages['model (OpenVINO)'][0]
             for name, (seconds, busy, _) in stages.items():
-                rows.append((f'stage {side}px: {name}', f'{1000 * seconds:.1f} ms', '',
-                             f'{1000 * seconds * busy:.1f} core-ms' + (f' ({busy} threads)' if busy > 1 else '')))
+                rows.append((f'stage {side}px: {name}', f'{1000 * seconds:.2f} ms', '',
+                             f'{1000 * seconds * busy:.2f} core-ms' + (f' ({busy} threads)' if busy > 1 else '')))
             limits = {}
             for label, scores_only in (('overlays', False), ('--scores-only', True)):
                 core_seconds = sum(sec * busy for sec, busy, both in stages.values() if both or not scores_only)
                 limits[label] = cores / core_seconds
                 rows.append((f'limit {side}px, {label}', f'{limits[label]:.1f} img/s', '',
-                             f'{cores} cores / {1000 * core_seconds:.1f} core-ms per image'))
+                             f'{cores} cores / {1000 * core_seconds:.2f} core-ms per image'))
             for label, extra in (('overlays', []), ('--scores-only', ['--scores-only'])):
                 argv = ['--action-type', 'predict', '--checkpoint', onnx_path, '--runtime', 'openvino', '--input',
                         folder, '--no-cuda', '--workers', str(min(2, cores)), '-bs', '1', '--output-dir',
@@ -847,6 +849,10 @@ def main(argv=None):
     print(f'\n{"what":<{width}}  {"speed":>14}  {"ratio":>9}  notes')
     for name, speed, ratio, notes in rows:
         print(f'{name:<{width}}  {speed:>14}  {ratio:>9}  {notes}')
+    if a.rows_json:
+        import json
+        with open(a.rows_json, 'w') as f:
+            json.dump(rows, f, indent=1)
     return rows
 
 

@@ -114,6 +114,16 @@ def writable_output_dir(folder: str) -> None:
 # ----------------------------------------------------------------------------------
 
 
+def write_pictures(display: Image.Image, result, t, overlay_dir: str, mask_dir: str, name: str) -> Image.Image:
+    """One image's overlay (composed here: on the writer thread it overlaps the next images' scoring) and
+    its mask, each written atomically; returns the overlay."""
+    overlay = decision_picture(display, result.model_map, result.mask, 2 * t.image, result.score, t.image,
+                               result.thresholds['mask_threshold'], result.defective, f'thresholds: {t.source}')
+    save_png(os.path.join(overlay_dir, name), overlay)
+    save_png(os.path.join(mask_dir, name), Image.fromarray((result.mask * 255).astype(np.uint8)))
+    return overlay
+
+
 def run_predict(c) -> dict:
     kind, source = resolve_input(c.input, c.output_dir)
     writable_output_dir(c.output_dir)
@@ -155,14 +165,10 @@ def run_predict(c) -> dict:
                        'defect_pixels': int(result.mask.sum()), 'defect_fraction': float(result.mask.mean()),
                        'overlay': '', 'mask': ''}
                 if not c.scores_only:
-                    overlay = decision_picture(display, result.model_map, result.mask, 2 * t.image, result.score,
-                                               t.image, result.thresholds['mask_threshold'], result.defective,
-                                               f'thresholds: {t.source}')
-                    writer.submit(save_png, os.path.join(overlay_dir, name), overlay)
-                    writer.submit(save_png, os.path.join(mask_dir, name),
-                                  Image.fromarray((result.mask * 255).astype(np.uint8)))
-                    if video is not None:
-                        video.write(overlay)
+                    if video is not None:  # the video needs each overlay now, in frame order
+                        video.write(write_pictures(display, result, t, overlay_dir, mask_dir, name))
+                    else:  # composed and written beside the next images' scoring
+                        writer.submit(write_pictures, display, result, t, overlay_dir, mask_dir, name)
                     row.update(overlay=os.path.join('overlays', name), mask=os.path.join('masks', name))
                 rows.append(row)
             table.append(rows)
