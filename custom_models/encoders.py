@@ -5,6 +5,7 @@ its taps from ``forward``, in the published decoder order. Each family lives in 
 like torchvision's ``models/``; this registry maps a name to it (``custom_models/architectures.py``
 says which names each family accepts). A family module provides::
 
+    ARCHS                                 # the names it builds (custom_models/architectures.py)
     build_net(arch) -> nn.Module          # random init; its state dict goes into checkpoints
     tap_plan(arch, pool_layers, net)      # (tap names, what forward_taps needs to find them)
     forward_taps(net, plan, x) -> [maps]  # B x C x H x W each, in decoder order
@@ -15,6 +16,7 @@ says which names each family accepts). A family module provides::
 
 ResNets, MobileNets (torchvision) and ViT-B/16, EfficientNet-B5 (timm, imported only when used).
 """
+import os
 from functools import lru_cache
 from typing import Dict, List, Optional
 
@@ -192,7 +194,6 @@ def imagenet_cache_path(arch: str) -> str:
 
 def imagenet_weights_cached(arch: str) -> bool:
     """Whether the pretrained file for ``arch`` is already on this machine."""
-    import os
     return os.path.isfile(imagenet_cache_path(arch))
 
 

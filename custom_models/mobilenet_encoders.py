@@ -13,13 +13,10 @@ import torch.nn as nn
 from custom_models.architectures import MOBILENETS as ARCHS  # noqa: F401 (the names this family builds)
 from custom_models.weights import torchvision_cache_path as imagenet_cache_path  # noqa: F401
 from custom_models.weights import torchvision_imagenet_state as imagenet_state  # noqa: F401
+from custom_models.weights import torchvision_weights_name as weights_name  # noqa: F401
 
 # Feature-block indices of the three taps, shallow to deep.
 TAPS = {'mobilenet_v3_large': (-11, -5, -2), 'mobilenet_v3_small': (-10, -5, -2)}
-
-
-def weights_name(arch: str) -> str:
-    return 'torchvision IMAGENET1K_V1'
 
 
 def build_net(arch: str) -> nn.Module:

@@ -22,14 +22,14 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from custom_models.checkpoint import (describe_decoder_state, load_checkpoint_decoders, load_checkpoint_encoder,
+                                      read_checkpoint, save_checkpoint)
 from custom_models.encoders import (FeatureEncoder, build_encoder, guess_encoder_arch, imagenet_cache_path,
                                     imagenet_weights_cached, load_encoder_state, normalise_encoder_state,
                                     read_state_file, tapped_state, weights_name)
 from custom_models.flows import build_decoders
 from utils.atomic import atomic_write
 from utils.calibration import CALIBRATION_KEY
-from custom_models.checkpoint import (describe_decoder_state, load_checkpoint_decoders, load_checkpoint_encoder,
-                              read_checkpoint, save_checkpoint)
 from utils.errors import CflowError
 
 COMPACT_FORMAT = 'cflow-ad-compact/1'
@@ -214,9 +214,10 @@ def save_compact(path: str, model: LoadedModel) -> dict:
     stored = checksum != stock
     if stored:
         tensors.update({f'encoder.{k}': v.detach().cpu().contiguous() for k, v in encoder_state.items()})
+    arch = model.settings['enc_arch']
     meta = {'format': COMPACT_FORMAT, 'settings': json.dumps(model.settings),
-            'encoder': json.dumps({'stored': stored, 'arch': model.settings['enc_arch'],
-                                   'weights': 'stored' if stored else weights_name(model.settings['enc_arch']), 'sha256': checksum})}
+            'encoder': json.dumps({'stored': stored, 'arch': arch,
+                                   'weights': 'stored' if stored else weights_name(arch), 'sha256': checksum})}
     if model.calibration is not None:
         meta['calibration'] = json.dumps(model.calibration)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))

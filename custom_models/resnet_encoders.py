@@ -12,13 +12,9 @@ import torch.nn as nn
 from custom_models.architectures import RESNETS as ARCHS  # noqa: F401 (the names this family builds)
 from custom_models.weights import torchvision_cache_path as imagenet_cache_path  # noqa: F401
 from custom_models.weights import torchvision_imagenet_state as imagenet_state  # noqa: F401
+from custom_models.weights import torchvision_weights_name as weights_name  # noqa: F401
 
 TAPS = ('layer2', 'layer3', 'layer4')
-WEIGHTS_NAME = 'torchvision IMAGENET1K_V1'
-
-
-def weights_name(arch: str) -> str:
-    return WEIGHTS_NAME
 
 
 def reflect_pad_convs(resnet: nn.Module) -> nn.Module:

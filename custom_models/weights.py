@@ -37,6 +37,10 @@ def torchvision_weights(arch: str):
     return tvm.get_model_weights(arch).IMAGENET1K_V1
 
 
+def torchvision_weights_name(arch: str) -> str:
+    return 'torchvision IMAGENET1K_V1'
+
+
 def torchvision_cache_path(arch: str) -> str:
     """Where torchvision keeps (or will download) the ImageNet file of ``arch``."""
     return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(torchvision_weights(arch).url))
