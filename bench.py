@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--compare-size', default=224, type=int,
                    help='encoders: input side (224: the one ViT-B/16 size every name here takes) (default: 224)')
     p.add_argument('--compare-images', default=4, type=int, help='encoders: images per path and round (default: 4)')
-    p.add_argument('--stage-images', default=24, type=int, help='stages: image files per input size (default: 24)')
+    p.add_argument('--stage-images', default=48, type=int, help='stages: image files per input size (default: 48)')
+    p.add_argument('--stage-rounds', default=3, type=int, help='stages: interleaved rounds of the commands (default: 3)')
     p.add_argument('--stage-sizes', default='512,1024', help='stages: sides of the PNG inputs (default: 512,1024)')
     p.add_argument('--mask-seeds', default='101,102,103',
                    help='masks: data seeds of the demo-style classes (none of them is used by the tests)')
@@ -333,10 +334,13 @@ def time_each(fn, items) -> float:
 
 
 def bench_stages(a, rows):
-    """Predict's throughput model (ResNet-style model of -enc, OpenVINO, batch 1): per image the
-    core-seconds of each stage measured alone, and the rate they allow on this machine's cores
-    (cores / sum of core-seconds: every stage overlapped perfectly, none idle), printed beside the
-    predict command's measured rate, with overlays and with --scores-only."""
+    """Predict's throughput model (ResNet-style model of -enc, batch 1), for onnxruntime (the default
+    runtime of an .onnx) and OpenVINO: per image the core-seconds of each stage measured alone, the
+    model as the command runs it (``--streams``: images scored at once, one thread each), and the rate
+    the stages allow on this machine's cores (cores / sum of core-seconds: every stage overlapped
+    perfectly, none idle). Then, interleaved in rounds: the predict command with overlays and with
+    --scores-only, the Python API on the same files, and the model alone one image at a time on
+    every thread (the issue's baseline), each as a rate and as a ratio to that baseline."""
     import contextlib
     import io
     import pickle
@@ -344,26 +348,31 @@ def bench_stages(a, rows):
     from custom_models import load_model
     from main import main as run_main
     from utils.export_onnx import export_onnx
+    from utils.pipeline import automatic_streams
     from utils.prediction_files import PredictionTable, save_png
     from utils.viz import decision_picture
     from PIL import Image
     cores = os.cpu_count() or 1
     encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
+    streams = automatic_streams(a.stage_images > 1)
     with tempfile.TemporaryDirectory() as root:
         make_demo_class(root, 'calibration', image_size=a.input_size, n_train=8, n_test_good=1, n_test_defect=1)
         model, _, _ = calibrated_model(a.enc_arch, encoder, decoders, a.input_size,
                                        os.path.join(root, 'calibration', 'train', 'good'))
-        onnx_path = os.path.join(root, 'model.onnx')
+        onnx_path, cache = os.path.join(root, 'model.onnx'), os.path.join(root, 'openvino-cache')
         export_onnx(model, onnx_path)
-        detector = load_model(onnx_path, runtime='openvino')
-        t = detector.thresholds
-        threads = cores  # OpenVINO's CPU plugin runs one stream on every core by default
+        runtimes = ('onnxruntime', 'OpenVINO')
+        alone = {name: load_model(onnx_path, runtime=name.lower()) for name in runtimes}
+        streamed = {name: load_model(onnx_path, runtime=name.lower(), streams=streams) for name in runtimes}
+        t = alone['OpenVINO'].thresholds
         for side in [int(v) for v in a.stage_sizes.split(',')]:
             make_demo_class(root, f'stages{side}', image_size=side, n_train=a.stage_images, n_test_good=1,
                             n_test_defect=1)
             folder = os.path.join(root, f'stages{side}', 'train', 'good')
-            files = ImageFiles(list_images(folder), detector.input_size)
+            paths = list_images(folder)
+            files = ImageFiles(paths, a.input_size)
             items = [files[i] for i in range(len(files))]
+            detector = alone['OpenVINO']
             scored = [(x, item, detector.score_images(x[None])) for x, item in items]
             results = [(item, detector.result(maps[0], scores[0], item[3])) for _, item, (maps, scores) in scored]
             pictures = [(item, r, decision_picture(item[2], r.model_map, r.mask, 2 * t.image, r.score, t.image,
@@ -374,11 +383,10 @@ def bench_stages(a, rows):
             table = PredictionTable(os.path.join(out, 'table.csv'))
             row = {'source': 'x', 'frame': '', 'score': 1.0, 'decision': 'good', 'defect_pixels': 0,
                    'defect_fraction': 0.0, 'overlay': 'o', 'mask': 'm'}
-            stages = {  # name -> (seconds per image, cores it keeps busy, also with --scores-only)
+            shared = {  # name -> (seconds per image, cores it keeps busy, also with --scores-only)
                 'decode + resize + display copy': (time_each(lambda i: files[i], list(range(len(files)))), 1, True),
                 'hand-over to the main process (pickle)': (
                     time_each(lambda item: pickle.loads(pickle.dumps(item)), items), 1, True),
-                'model (OpenVINO)': (time_each(lambda s: detector.score_images(s[0][None]), scored), threads, True),
                 'decision + full-size mask': (time_each(lambda s: detector.result(s[2][0][0], s[2][1][0], s[1][3]),
                                                         scored), 1, True),
                 'table row (appended, fsync)': (time_each(lambda _: table.append([row]), items), 1, True),
@@ -390,29 +398,57 @@ def bench_stages(a, rows):
                 'mask PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'm.png'), Image.fromarray(
                     (p[1].mask * 255).astype(np.uint8))), pictures), 1, False),
             }
-            model_rate = 1 / stages['model (OpenVINO)'][0]
-            for name, (seconds, busy, _) in stages.items():
-                rows.append((f'stage {side}px: {name}', f'{1000 * seconds:.2f} ms', '',
-                             f'{1000 * seconds * busy:.2f} core-ms' + (f' ({busy} threads)' if busy > 1 else '')))
+            for name, (seconds, busy, _) in shared.items():
+                rows.append((f'stage {side}px: {name}', f'{1000 * seconds:.2f} ms', '', f'{1000 * seconds:.2f} core-ms'))
+            batches = [(x[None], None) for x, _ in items]
             limits = {}
-            for label, scores_only in (('overlays', False), ('--scores-only', True)):
-                core_seconds = sum(sec * busy for sec, busy, both in stages.values() if both or not scores_only)
-                limits[label] = cores / core_seconds
-                rows.append((f'limit {side}px, {label}', f'{limits[label]:.1f} img/s', '',
-                             f'{cores} cores / {1000 * core_seconds:.2f} core-ms per image'))
-            for label, extra in (('overlays', []), ('--scores-only', ['--scores-only'])):
-                argv = ['--action-type', 'predict', '--checkpoint', onnx_path, '--runtime', 'openvino', '--input',
-                        folder, '--no-cuda', '--workers', str(min(2, cores)), '-bs', '1', '--output-dir',
-                        os.path.join(root, f'command{side}')] + extra
-                with contextlib.redirect_stdout(io.StringIO()):
-                    run_main(argv)  # warm-up (the OpenVINO compile, the worker start)
-                    start = time.perf_counter()
-                    if run_main(argv) != 0:
-                        raise RuntimeError(f'predict failed: {argv}')
-                    rate = len(files) / (time.perf_counter() - start)
-                rows.append((f'predict command {side}px, OpenVINO, {label}', f'{rate:.1f} img/s',
-                             f'{rate / limits[label]:.2f}x', f'of the limit; {rate / model_rate:.2f}x the model '
-                                                             f'alone ({model_rate:.1f} img/s)'))
+            for runtime, detector in streamed.items():
+                list(detector.score_batches(batches[:2 * streams]))  # warm-up: every stream's request
+                start = time.perf_counter()
+                for _ in detector.score_batches(batches):
+                    pass
+                model = (time.perf_counter() - start) / len(batches)  # wall per image, every core busy
+                rows.append((f'stage {side}px: model ({runtime}, {streams} streams)', f'{1000 * model:.2f} ms', '',
+                             f'{1000 * model * cores:.2f} core-ms ({cores} cores busy)'))
+                for label, scores_only in (('overlays', False), ('--scores-only', True)):
+                    core_seconds = model * cores + sum(sec * busy for sec, busy, both in shared.values()
+                                                       if both or not scores_only)
+                    limits[runtime, label] = cores / core_seconds
+                    rows.append((f'limit {side}px, {runtime}, {label}', f'{limits[runtime, label]:.1f} img/s', '',
+                                 f'{cores} cores / {1000 * core_seconds:.2f} core-ms per image'))
+            paths_timed, first = {}, {}
+            for runtime in runtimes:
+                paths_timed[f'{runtime}: model alone, one image on every thread'] = (
+                    lambda d=alone[runtime]: [d.score_images(x) for x, _ in batches])
+                for label, extra in (('overlays', []), ('--scores-only', ['--scores-only'])):
+                    argv = ['--action-type', 'predict', '--checkpoint', onnx_path, '--runtime', runtime.lower(),
+                            '--input', folder, '--no-cuda', '--workers', str(min(2, cores)), '-bs', '1',
+                            '--output-dir', os.path.join(root, f'command{side}')] + extra + (
+                        ['--openvino-cache', cache] if runtime == 'OpenVINO' else [])
+
+                    def command(argv=argv):
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            if run_main(argv) != 0:
+                                raise RuntimeError(f'predict failed: {argv}')
+                    paths_timed[f'{runtime}: predict command, {label}'] = command
+                paths_timed[f'{runtime}: Python load_model(streams={streams}).predict(paths)'] = (
+                    lambda d=streamed[runtime]: d.predict(paths, batch_size=1))
+            for name, fn in paths_timed.items():  # a command's first run: the cold start (OpenVINO's cache empty)
+                if 'command' in name:
+                    with Timer('cpu') as cold:
+                        fn()
+                    first[name] = cold.seconds
+            seconds = interleaved(paths_timed, a.stage_rounds, 'cpu')
+            for runtime in runtimes:
+                baseline = f'{runtime}: model alone, one image on every thread'
+                for name, speed, ratio, notes in speed_rows({k: v for k, v in seconds.items() if k.startswith(runtime)},
+                                                            len(paths), baseline):
+                    limit = limits.get((runtime, name.rsplit(', ', 1)[-1]))
+                    note = f'{len(paths)} PNG files {side}px, batch 1'
+                    if name in first:
+                        note += (f'; {np.median([len(paths) / s for s in seconds[name]]) / limit:.2f}x of the limit; '
+                                 f'first run (cold cache) {len(paths) / first[name]:.1f} img/s')
+                    rows.append((f'{side}px {name}', speed, ratio, note))
 
 
 def bench_encoders(a, rows):

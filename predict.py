@@ -12,7 +12,7 @@ Writes under DIR (default: ``predictions/<input name>``), each file atomically:
     overlays/<path>.png       the image with its anomaly map (fixed colour scale 0 .. 2 x threshold);
                               <path> is the input's path below the input folder, extension kept
                               (a/b.jpg -> overlays/a/b.jpg.png; a video's frames -> <video>/000123.png),
-                              so two inputs never share an output
+                              so two inputs never share an output; --overlay-format jpg: .jpg instead
     masks/<path>.png          the defect mask at the image's own size (0/255; empty when decided good)
     predictions.csv           source, frame, score, decision, defect area: appended after every batch,
                               so a crash or an undecodable frame keeps every row scored before it
@@ -30,7 +30,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from custom_datasets.inputs import image_batches, resolve_input, video_batches, video_info
+from custom_datasets.inputs import image_batches, resolve_input, unreadable, video_batches, video_info
 from custom_models import load_model
 from custom_models.detector import Detector, choose_thresholds, detector_from_model
 from custom_models.scoring import calibrate_on_folder
@@ -38,22 +38,51 @@ from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
 from custom_models.model_file import model_settings, read_model
 from utils.progress import count, progress
-from utils.prediction_files import BackgroundWriter, PredictionTable, save_png
+from utils.pipeline import automatic_streams
+from utils.prediction_files import BackgroundWriter, PredictionTable, save_overlay, save_png
 from utils.viz import decision_picture, index_html
 
 # ----------------------------------------------------------------------------------
 # The model: the same Detector as ``custom_models.load_model`` (custom_models/detector.py)
 
 
-def open_detector(c) -> Detector:
+def open_detector(c, streams: int = 1) -> Detector:
     """The calibrated model of ``--checkpoint`` with the thresholds the flags choose; an uncalibrated
     .pt or .safetensors is calibrated on ``--calibration-path`` first (the file is not changed)."""
     options = dict(image_threshold=c.image_threshold, pixel_threshold=c.pixel_threshold, sensitivity=c.sensitivity)
     if c.checkpoint.endswith('.onnx') or not c.calibration_path or c.runtime not in (None, 'torch'):
-        return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, **options)
+        return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, streams=streams,
+                          cache_dir=openvino_cache(c), **options)
     loaded = read_model(c.checkpoint, model_settings(c)).to(c.device)
     calibration = calibrate_on_folder(c, loaded.encoder, loaded.decoders)
     return detector_from_model(loaded, calibration, c.device, c.checkpoint, choose_thresholds(calibration, **options))
+
+
+def prediction_streams(c, kind: str, total: int) -> int:
+    """--streams, else ``utils.pipeline.automatic_streams`` (a video of unknown length: more than one batch)."""
+    if c.streams is not None:
+        return c.streams
+    return automatic_streams(total > c.batch_size or (kind == 'video' and not total), c.device.startswith('cuda'))
+
+
+def openvino_cache(c):
+    """OpenVINO's compiled-model cache folder for --runtime openvino: --openvino-cache, else
+    $CFLOW_CACHE_DIR/openvino, else ($XDG_CACHE_HOME or ~/.cache)/cflow-ad/openvino; None for
+    'none', another runtime, or a default folder that cannot be written (then a warning)."""
+    if c.runtime != 'openvino' or (c.openvino_cache or '').lower() == 'none':
+        return None
+    folder = c.openvino_cache or os.path.join(
+        os.environ.get('CFLOW_CACHE_DIR') or os.path.join(
+            os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'cflow-ad'),
+        'openvino')
+    try:
+        writable_output_dir(folder)
+    except CflowError as exc:
+        if c.openvino_cache:
+            raise CflowError(str(exc).replace('--output-dir', '--openvino-cache')) from None
+        print(f'Warning: no OpenVINO model cache ({folder} is not writable): every run compiles the model')
+        return None
+    return folder
 
 
 # ----------------------------------------------------------------------------------
@@ -114,62 +143,73 @@ def writable_output_dir(folder: str) -> None:
 # ----------------------------------------------------------------------------------
 
 
-def write_pictures(display: Image.Image, result, t, overlay_dir: str, mask_dir: str, name: str) -> Image.Image:
+def write_pictures(display: Image.Image, result, t, overlay_path: str, mask_path: str) -> Image.Image:
     """One image's overlay (composed here: on the writer thread it overlaps the next images' scoring) and
     its mask, each written atomically; returns the overlay."""
     overlay = decision_picture(display, result.model_map, result.mask, 2 * t.image, result.score, t.image,
                                result.thresholds['mask_threshold'], result.defective, f'thresholds: {t.source}')
-    save_png(os.path.join(overlay_dir, name), overlay)
-    save_png(os.path.join(mask_dir, name), Image.fromarray((result.mask * 255).astype(np.uint8)))
+    save_overlay(overlay_path, overlay)
+    save_png(mask_path, Image.fromarray((result.mask * 255).astype(np.uint8)))
     return overlay
+
+
+def overlay_name(name: str, overlay_format: str) -> str:
+    """``name`` (…png) with the overlay's extension: a/b.jpg.png, or a/b.jpg.jpg for JPEG overlays."""
+    return name if overlay_format == 'png' else name[:-len('png')] + overlay_format
 
 
 def run_predict(c) -> dict:
     kind, source = resolve_input(c.input, c.output_dir)
     writable_output_dir(c.output_dir)
-    detector = open_detector(c)
+    total, fps = (len(source), None) if kind == 'images' else video_info(source)
+    detector = open_detector(c, prediction_streams(c, kind, total))
     t = detector.thresholds
-    overlay_dir, mask_dir = os.path.join(c.output_dir, 'overlays'), os.path.join(c.output_dir, 'masks')
+    mask_dir = os.path.join(c.output_dir, 'masks')
     video = None
-    if kind == 'images':
-        batches = image_batches(source, detector.input_size, c.batch_size, c.workers, c.device.startswith('cuda'))
-        total = len(source)
+    if kind == 'images':  # the loader's workers start here and read while the model compiles
+        batches = image_batches(source, detector.input_size, c.batch_size, c.workers, c.device.startswith('cuda'),
+                                display=not c.scores_only)
     else:
-        total, fps = video_info(source)
         batches = video_batches(source, detector.input_size, c.batch_size)
         if not c.scores_only:
             video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}'
                                                            f'_annotated.mp4'), fps)
+    detector.prepare(min(c.batch_size, total or c.batch_size))
     table = PredictionTable(os.path.join(c.output_dir, 'predictions.csv'))
     skipped, counts = [], {'scored': 0, 'defective': 0}
     start = time.time()
     status, error = 'failed', None
     writer = BackgroundWriter()
-    try:
+
+    def readable_batches():  # (images, items) without the unreadable images, which are reported
         for images, items in progress(batches, total=-(-total // c.batch_size) if total else None, desc='predict'):
-            keep = [i for i, item in enumerate(items) if item[2] is not None]
             for item in items:
-                if item[2] is None:
+                if unreadable(item):
                     print(f'Warning: skipped {item[0]}: {item[3]}')
                     skipped.append({'source': item[0], 'error': item[3]})
-            if not keep:
-                continue
-            maps, scores = detector.score_images(images[keep])
+            keep = [i for i, item in enumerate(items) if not unreadable(item)]
+            if len(keep) == len(items):
+                yield images, items
+            elif keep:
+                yield images[keep], [items[i] for i in keep]
+    try:
+        for kept, maps, scores in detector.score_batches(readable_batches()):
             rows = []
-            for j, i in enumerate(keep):
-                src, frame, display, size = items[i]
+            for j, (src, frame, display, size) in enumerate(kept):
                 result = detector.result(maps[j], scores[j], size)
                 name = output_name(src, frame, c.input)
+                overlay = os.path.join('overlays', overlay_name(name, c.overlay_format))
                 row = {'source': src, 'frame': '' if frame is None else frame, 'score': result.score,
                        'decision': 'defective' if result.defective else 'good',
                        'defect_pixels': int(result.mask.sum()), 'defect_fraction': float(result.mask.mean()),
                        'overlay': '', 'mask': ''}
                 if not c.scores_only:
+                    paths = os.path.join(c.output_dir, overlay), os.path.join(mask_dir, name)
                     if video is not None:  # the video needs each overlay now, in frame order
-                        video.write(write_pictures(display, result, t, overlay_dir, mask_dir, name))
+                        video.write(write_pictures(display, result, t, *paths))
                     else:  # composed and written beside the next images' scoring
-                        writer.submit(write_pictures, display, result, t, overlay_dir, mask_dir, name)
-                    row.update(overlay=os.path.join('overlays', name), mask=os.path.join('masks', name))
+                        writer.submit(write_pictures, display, result, t, *paths)
+                    row.update(overlay=overlay, mask=os.path.join('masks', name))
                 rows.append(row)
             table.append(rows)
             counts['scored'] += len(rows)

@@ -1,8 +1,8 @@
 """What ``predict`` reads: an image, a folder of images (recursively) or a video, in batches.
 
 A batch is (B x 3 x inp x inp tensors in [0, 1], items); an item is (source, frame or None,
-display copy, (width, height)), or (source, None, None, error text) for an unreadable image,
-which predict skips with a warning instead of failing.
+display copy or None, (width, height)), or (source, None, None, error text) for an unreadable
+image (``unreadable``), which predict skips with a warning instead of failing.
 """
 import os
 from typing import Iterator, List, Tuple
@@ -18,11 +18,16 @@ from utils.viz import display_copy
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mov', '.mkv', '.webm', '.mpg', '.mpeg', '.m4v', '.wmv')
 
 
-class ImageFiles(Dataset):
-    """Model input, a display copy and the original size of each image; an error text instead of failing."""
+def unreadable(item: tuple) -> bool:
+    return isinstance(item[3], str)
 
-    def __init__(self, paths: List[str], input_size: int):
-        self.paths, self.input_size = paths, input_size
+
+class ImageFiles(Dataset):
+    """Model input, a display copy (``display``: else None, for --scores-only) and the original size
+    of each image; an error text instead of failing."""
+
+    def __init__(self, paths: List[str], input_size: int, display: bool = True):
+        self.paths, self.input_size, self.display = paths, input_size, display
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -32,7 +37,8 @@ class ImageFiles(Dataset):
             image = read_rgb(self.paths[i])
         except CflowError as exc:
             return torch.zeros(3, self.input_size, self.input_size), (self.paths[i], None, None, str(exc))
-        return to_model_input(image, self.input_size), (self.paths[i], None, display_copy(image, minimum=256), image.size)
+        display = display_copy(image, minimum=256) if self.display else None
+        return to_model_input(image, self.input_size), (self.paths[i], None, display, image.size)
 
 
 def collate(batch):
@@ -40,10 +46,11 @@ def collate(batch):
 
 
 def image_batches(paths: List[str], input_size: int, batch_size: int, workers: int,
-                  pin_memory: bool = False) -> Iterator[Tuple[torch.Tensor, list]]:
-    """Files decoded and resized in ``workers`` processes, in order, ``batch_size`` at a time."""
-    yield from DataLoader(ImageFiles(paths, input_size), batch_size=batch_size, num_workers=workers,
-                          collate_fn=collate, pin_memory=pin_memory)
+                  pin_memory: bool = False, display: bool = True) -> Iterator[Tuple[torch.Tensor, list]]:
+    """Files decoded and resized in ``workers`` processes, in order, ``batch_size`` at a time; the
+    workers start (and read ahead) at this call, not at the first ``next``."""
+    return iter(DataLoader(ImageFiles(paths, input_size, display), batch_size=batch_size, num_workers=workers,
+                           collate_fn=collate, pin_memory=pin_memory))
 
 
 def video_batches(path: str, input_size: int, batch_size: int) -> Iterator[Tuple[torch.Tensor, list]]:

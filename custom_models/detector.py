@@ -22,7 +22,7 @@ ratio of thresholds means the same at any scale. The stored calibration never ch
 """
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from custom_models.scoring import deployable
 from utils.calibration import MASK_PEAK_SHARE, mask_threshold
 from utils.errors import CflowError
 from utils.export_onnx import OnnxModel, OpenVinoModel
+from utils.pipeline import ordered_map, read_ahead
 from custom_models.model_file import read_model
 
 RUNTIMES = ('torch', 'onnxruntime', 'openvino')
@@ -140,6 +141,13 @@ class Detector:
         self.source = source  # the model file
         self.input_size = int(settings['input_size'])
         self.thresholds = thresholds or choose_thresholds(calibration)
+        self.streams = getattr(run, 'streams', 1)  # images the runtime scores at once (threads shared)
+
+    def prepare(self, batch_size: int) -> None:
+        """Compile for ``batch_size`` now (OpenVINO), not at the first image: predict does it while its
+        loader workers start and read the first images."""
+        if hasattr(self.run, 'prepare'):
+            self.run.prepare(batch_size)
 
     def model_input(self, image: Image.Image) -> torch.Tensor:
         return to_model_input(image, self.input_size)
@@ -147,6 +155,14 @@ class Detector:
     def score_images(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """(B x inp x inp maps, B scores) as float32 numpy, of B x 3 x inp x inp images in [0, 1]."""
         return self.run(images)
+
+    def score_batches(self, batches: Iterable[Tuple[torch.Tensor, object]]) -> Iterator[tuple]:
+        """(payload, maps, scores) for every (images, payload) of ``batches``, in order, with
+        ``streams`` batches scored at once (``utils.pipeline.ordered_map``); the maps are the same
+        bytes as ``score_images`` one batch at a time."""
+        for (images, payload), (maps, scores) in ordered_map(lambda batch: self.run(batch[0]), batches,
+                                                              self.streams):
+            yield payload, maps, scores
 
     def result(self, model_map: np.ndarray, score: float, size: Tuple[int, int]) -> Prediction:
         """One image's prediction at its own ``size`` = (width, height)."""
@@ -163,10 +179,12 @@ class Detector:
         items = [inputs] if single else list(inputs)
         if batch_size < 1:
             raise CflowError(f'batch_size must be at least 1, got {batch_size}')
+        def batches():  # read on a thread, ahead of the scoring (utils.pipeline.read_ahead)
+            for start in range(0, len(items), batch_size):
+                images = [as_image(item) for item in items[start:start + batch_size]]
+                yield torch.stack([self.model_input(image) for image in images]), images
         results = []
-        for start in range(0, len(items), batch_size):
-            images = [as_image(item) for item in items[start:start + batch_size]]
-            maps, scores = self.score_images(torch.stack([self.model_input(image) for image in images]))
+        for images, maps, scores in self.score_batches(read_ahead(batches(), depth=self.streams + 1)):
             results += [self.result(maps[j], scores[j], image.size) for j, image in enumerate(images)]
         return results[0] if single else results
 
@@ -212,14 +230,18 @@ def detector_from_model(loaded, calibration: Optional[dict], device: str, source
 
 
 def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, threads: int = 0,
-               image_threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+               streams: int = 1, cache_dir: Optional[str] = None, image_threshold: Optional[float] = None,
+               pixel_threshold: Optional[float] = None,
                sensitivity: Optional[float] = None) -> Detector:
     """Open a calibrated ``.pt``, a compact ``.safetensors`` or an exported ``.onnx``.
 
     ``runtime``: ``torch`` (default for .pt/.safetensors, on ``device``), ``onnxruntime`` (default
     for .onnx) or ``openvino`` (.onnx, CPU, fp32). The file's own settings (input size,
     normalisation) are used; an uncalibrated model is refused with the command that calibrates it.
-    ``threads``: CPU threads of onnxruntime/OpenVINO (0 = their default). ``image_threshold``,
+    ``threads``: CPU threads of onnxruntime/OpenVINO (0 = their default). ``streams`` (onnxruntime,
+    OpenVINO): images scored at once by ``predict`` on a list, each on threads / streams threads:
+    more images per second on a folder (2 on 2 cores: 1.2x), a slower single image; the same maps.
+    ``cache_dir`` (OpenVINO): its compiled-model cache (``utils.export_onnx.OpenVinoModel``). ``image_threshold``,
     ``pixel_threshold``, ``sensitivity``: see ``Thresholds`` (the file is not changed).
     """
     path = os.fspath(path)
@@ -235,7 +257,8 @@ def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, th
                          f'(--action-type export --checkpoint {path} --output model.onnx)')
     options = dict(image_threshold=image_threshold, pixel_threshold=pixel_threshold, sensitivity=sensitivity)
     if is_onnx:
-        model = (OnnxModel if runtime == 'onnxruntime' else OpenVinoModel)(path, threads=threads)
+        model = (OnnxModel(path, threads=threads, streams=streams) if runtime == 'onnxruntime' else
+                 OpenVinoModel(path, threads=threads, streams=streams, cache_dir=cache_dir))
         return Detector(model, model.settings, model.calibration, runtime, path,
                         choose_thresholds(model.calibration, **options))
     loaded = read_model(path, {})  # a calibrated file states every setting

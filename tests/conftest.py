@@ -12,6 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # The authors' reference files, slimmed (tests/reference/slim.py): nothing outside the repository.
 REFERENCE = os.path.join(ROOT, 'tests', 'reference')
+# predict --runtime openvino keeps compiled models in a cache (predict.openvino_cache): the suite's go in a
+# folder of its own, removed at the end, never in the user's ~/.cache (subprocesses inherit it)
+os.environ['CFLOW_CACHE_DIR'] = tempfile.mkdtemp(prefix='cflow-test-cache-')
+atexit.register(shutil.rmtree, os.environ['CFLOW_CACHE_DIR'], True)
 
 
 def reference_fixture(name):

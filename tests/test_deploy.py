@@ -386,8 +386,8 @@ def test_predict_keeps_the_rows_scored_before_a_failure(trained, tmp_path, monke
     _, checkpoint, demo_root = trained
     real_open = predict.open_detector
 
-    def failing_open(c):
-        detector = real_open(c)
+    def failing_open(c, streams=1):
+        detector = real_open(c, streams)
         real_run, calls = detector.run, []
 
         def run(images):

@@ -45,13 +45,23 @@ def save_png(path: str, image: Image.Image) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format='PNG', compress_level=1))
 
 
-class BackgroundWriter:
-    """Encodes and writes PNGs on a thread (Pillow releases the GIL while encoding), so writing
-    overlaps the next batch's scoring; at most ``pending`` writes wait, and any error surfaces."""
+def save_overlay(path: str, image: Image.Image) -> None:
+    """An overlay: PNG (lossless) or, for a .jpg path, JPEG at quality 90 without chroma subsampling
+    (the heat colours keep their edges); 1.8 ms against 19 ms of PNG at 512 px."""
+    if path.endswith('.png'):
+        save_png(path, image)
+    else:
+        atomic_write(path, lambda tmp: image.save(tmp, format='JPEG', quality=90, subsampling=0))
 
-    def __init__(self, pending: int = 64):
+
+class BackgroundWriter:
+    """Encodes and writes PNGs on ``threads`` threads (Pillow releases the GIL while encoding), so
+    writing overlaps the next batch's scoring; at most ``pending`` writes wait, and any error surfaces.
+    Two threads on 2 cores: the writes left when scoring ends are finished on both cores, not one."""
+
+    def __init__(self, pending: int = 64, threads: int = min(2, os.cpu_count() or 1)):
         from concurrent.futures import ThreadPoolExecutor
-        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='writer')
         self.futures, self.pending = [], pending
 
     def submit(self, fn, *args) -> None:
