@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '(scores and decisions at about the model\'s speed)')
     p.add_argument('--runtime', default=None, choices=('torch', 'onnxruntime', 'openvino'), metavar='NAME',
                    help='predict: torch (.pt/.safetensors), onnxruntime or openvino (an exported .onnx, CPU, fp32) '
-                        '(default: torch, or onnxruntime for .onnx)')
+                        '(default: torch, onnxruntime for .onnx, openvino for an INT8 .xml)')
     p.add_argument('--streams', default=None, type=int, metavar='N',
                    help='predict, onnxruntime/openvino: images scored at once, each on its share of the threads '
                         '(the same maps; more images per second on a folder) (default: 2 on a folder when the '
@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--overlay-format', default='png', choices=('png', 'jpg'),
                    help='predict: overlays as lossless PNG (default) or as JPEG (quality 90, about 10x faster '
                         'to write); masks are always PNG')
+    p.add_argument('--quantize', default=None, choices=('int8',),
+                   help='export: an INT8 OpenVINO model (--output NAME.xml, + .bin) by post-training quantization (NNCF), '
+                        'ranges and thresholds from --calibration-path (BENCHMARKS.md has its cost in quality)')
+    p.add_argument('--quantize-scope', default='encoder', choices=('encoder', 'flows', 'both'),
+                   help='export --quantize: what is quantized: the encoder\'s convolutions, the flows\' matrix '
+                        'products, or both (default: encoder, the one that kept the quality; BENCHMARKS.md)')
     p.add_argument('--image-threshold', default=None, type=float, metavar='T',
                    help='predict: decide defective above this image score instead of the stored t_I')
     p.add_argument('--pixel-threshold', default=None, type=float, metavar='T',
@@ -268,6 +274,19 @@ def encoder_weights_choice(c) -> str:
     return 'imagenet'
 
 
+def onnx_precision_note(path: str) -> str:
+    """' (an INT8 quantized export: ...)' for a quantized export (.xml), so it is never taken for an fp32 one; else ''."""
+    from utils.export_onnx import model_metadata
+    try:
+        calibration = model_metadata(path)[1]
+    except (CflowError, OSError, ValueError):
+        return ''
+    if calibration.get('precision', 'fp32') == 'fp32':
+        return ''
+    return (f' (an {calibration["precision"].upper()} quantized export of its {calibration.get("quantized", "?")}: '
+            f'its scores are not the fp32 model\'s)')
+
+
 def given_flags(argv) -> set:
     """The destinations of the flags present in ``argv`` (defaults suppressed)."""
     probe = build_parser()
@@ -301,10 +320,10 @@ def derive(c, given: Optional[set] = None) -> Settings:
         raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
     if c.action_type != 'norm-train' and not c.checkpoint:
         raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
-    if c.checkpoint.endswith('.onnx') and c.action_type != 'predict':
+    if c.checkpoint.endswith(('.onnx', '.xml')) and c.action_type != 'predict':
         raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
-                         f'{c.checkpoint}: pass the checkpoint it was exported from')
-    if c.checkpoint.endswith('.onnx') and c.calibration_path:
+                         f'{c.checkpoint}{onnx_precision_note(c.checkpoint)}: pass the checkpoint it was exported from')
+    if c.checkpoint.endswith(('.onnx', '.xml')) and c.calibration_path:
         raise CflowError(f'{c.checkpoint} holds the calibration it was exported with: drop --calibration-path, or '
                          f'calibrate the checkpoint and export it again')
     if c.action_type == 'predict' and not c.input:
@@ -318,12 +337,21 @@ def derive(c, given: Optional[set] = None) -> Settings:
                          f'or pass --action-type predict')
     if c.action_type == 'predict' and c.streams is not None and c.streams < 1:
         raise CflowError(f'--streams {c.streams}: pass 1 or more (1 = one image at a time on every thread)')
-    if c.action_type == 'predict' and c.streams is not None and not c.checkpoint.endswith('.onnx'):
+    if c.action_type == 'predict' and c.streams is not None and not c.checkpoint.endswith(('.onnx', '.xml')):
         raise CflowError('--streams is for an exported .onnx (onnxruntime or OpenVINO): drop it, or export the '
                          'model with --action-type export --output model.onnx')
     if c.action_type == 'predict':
         from custom_models.detector import check_threshold_options
         check_threshold_options(c.image_threshold, c.pixel_threshold, c.sensitivity)
+    if c.quantize and c.action_type != 'export':
+        raise CflowError('--quantize is for --action-type export (it writes an INT8 OpenVINO .xml): drop it, or pass '
+                         '--action-type export')
+    if c.quantize and not c.calibration_path:
+        raise CflowError('--quantize int8 needs --calibration-path DIR: defect-free images (not training ones) for '
+                         'its value ranges and its own thresholds')
+    if c.quantize and c.output and not c.output.endswith('.xml'):
+        raise CflowError(f'--quantize int8 writes an OpenVINO model (.xml + .bin): name --output {c.output} *.xml '
+                         f'(e.g. model_int8.xml)')
     if c.action_type == 'export' and not c.output:
         raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),

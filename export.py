@@ -2,12 +2,18 @@
 
     python main.py --action-type export --checkpoint FILE --output model.onnx          # one ONNX graph
     python main.py --action-type export --checkpoint FILE --output model.safetensors   # compact file
+    python main.py --action-type export --checkpoint FILE --output model_int8.xml \
+        --quantize int8 --calibration-path DIR                                          # INT8 OpenVINO IR (NNCF)
 
 An ONNX graph must be calibrated (its thresholds are part of what is deployed); pass
 ``--calibration-path DIR`` to calibrate an uncalibrated checkpoint on the way.
 """
 import os
+import tempfile
 
+import torch
+
+from custom_datasets.common import calibration_images
 from custom_models.detector import uncalibrated
 from custom_models.scoring import calibrate_on_folder, deployable
 from utils.errors import CflowError
@@ -15,6 +21,8 @@ from custom_models.model_file import model_settings, read_model, write_model
 
 
 def run_export(c) -> dict:
+    if c.quantize:
+        return export_quantized(c)
     if not c.output.endswith(('.onnx', '.safetensors')):
         raise CflowError(f'--output {c.output}: name it .onnx (ONNX graph) or .safetensors (compact model file)')
     model = read_model(c.checkpoint, model_settings(c))  # on the CPU: exported files are device-free
@@ -30,3 +38,35 @@ def run_export(c) -> dict:
     size = os.path.getsize(c.output)
     print(f'Exported {c.output} ({size / 1e6:.1f} MB)')
     return {'output': c.output, 'bytes': size}
+
+
+def export_quantized(c) -> dict:
+    """The fp32 graph, calibrated on --calibration-path, quantized to INT8 by NNCF with ranges from the
+    same images, then given thresholds from the INT8 model's own maps of them; an OpenVINO IR
+    (``utils/quantize.py``)."""
+    from custom_datasets.inputs import ImageFiles
+    from utils.calibration import thresholds_from_maps
+    from utils.export_onnx import OpenVinoModel, export_onnx
+    from utils.quantize import check_quantize_images, quantize_export, quantized_calibration, write_ir
+    paths = calibration_images(c.calibration_path)
+    check_quantize_images(paths, c.calibration_path)
+    model = read_model(c.checkpoint, model_settings(c))
+    model.calibration = calibrate_on_folder(c, model.encoder, model.decoders, paths)
+    files = ImageFiles(paths, model.settings['input_size'], display=False)
+    images = [files[i][0][None].numpy() for i in range(len(files))]
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(c.output))) as work:
+        fp32_path, int8_path = os.path.join(work, 'fp32.onnx'), os.path.join(work, 'int8.xml')
+        export_onnx(deployable(model.encoder, model.decoders, model.settings, model.calibration).eval(), fp32_path)
+        print(f'Quantizing the {c.quantize_scope} to INT8 with NNCF on {len(images)} images ...')
+        quantized = quantize_export(fp32_path, images, c.quantize_scope)
+        write_ir(quantized, int8_path, model.settings, model.calibration)
+        int8 = OpenVinoModel(int8_path)
+        thresholds = thresholds_from_maps([int8(torch.from_numpy(image))[0][0] for image in images])
+        calibration = quantized_calibration(model.calibration, thresholds, c.quantize_scope,
+                                            f'images under {c.calibration_path}', len(paths))
+        write_ir(quantized, c.output, model.settings, calibration)
+    size = os.path.getsize(c.output) + os.path.getsize(c.output[:-len('xml')] + 'bin')
+    print(f'Exported {c.output} and its .bin ({size / 1e6:.1f} MB, INT8 {c.quantize_scope}): image threshold '
+          f'{thresholds["image_threshold"]:.4g} (fp32 {model.calibration["image_threshold"]:.4g}), pixel threshold '
+          f'{thresholds["pixel_threshold"]:.4g} (fp32 {model.calibration["pixel_threshold"]:.4g})')
+    return {'output': c.output, 'bytes': size, 'calibration': calibration}

@@ -50,7 +50,7 @@ def open_detector(c, streams: int = 1) -> Detector:
     """The calibrated model of ``--checkpoint`` with the thresholds the flags choose; an uncalibrated
     .pt or .safetensors is calibrated on ``--calibration-path`` first (the file is not changed)."""
     options = dict(image_threshold=c.image_threshold, pixel_threshold=c.pixel_threshold, sensitivity=c.sensitivity)
-    if c.checkpoint.endswith('.onnx') or not c.calibration_path or c.runtime not in (None, 'torch'):
+    if c.checkpoint.endswith(('.onnx', '.xml')) or not c.calibration_path or c.runtime not in (None, 'torch'):
         return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, streams=streams,
                           cache_dir=openvino_cache(c), **options)
     loaded = read_model(c.checkpoint, model_settings(c)).to(c.device)
@@ -69,7 +69,8 @@ def openvino_cache(c):
     """OpenVINO's compiled-model cache folder for --runtime openvino: --openvino-cache, else
     $CFLOW_CACHE_DIR/openvino, else ($XDG_CACHE_HOME or ~/.cache)/cflow-ad/openvino; None for
     'none', another runtime, or a default folder that cannot be written (then a warning)."""
-    if c.runtime != 'openvino' or (c.openvino_cache or '').lower() == 'none':
+    openvino = c.runtime == 'openvino' or (c.runtime is None and c.checkpoint.endswith('.xml'))
+    if not openvino or (c.openvino_cache or '').lower() == 'none':
         return None
     folder = c.openvino_cache or os.path.join(
         os.environ.get('CFLOW_CACHE_DIR') or os.path.join(
@@ -143,11 +144,13 @@ def writable_output_dir(folder: str) -> None:
 # ----------------------------------------------------------------------------------
 
 
-def write_pictures(display: Image.Image, result, t, overlay_path: str, mask_path: str) -> Image.Image:
+def write_pictures(display: Image.Image, result, t, overlay_path: str, mask_path: str,
+                   precision: str = 'fp32') -> Image.Image:
     """One image's overlay (composed here: on the writer thread it overlaps the next images' scoring) and
-    its mask, each written atomically; returns the overlay."""
+    its mask, each written atomically; returns the overlay. A quantized model is named on it."""
+    which = f'thresholds: {t.source}' + ('' if precision == 'fp32' else f'; {precision.upper()} model')
     overlay = decision_picture(display, result.model_map, result.mask, 2 * t.image, result.score, t.image,
-                               result.thresholds['mask_threshold'], result.defective, f'thresholds: {t.source}')
+                               result.thresholds['mask_threshold'], result.defective, which)
     save_overlay(overlay_path, overlay)
     save_png(mask_path, Image.fromarray((result.mask * 255).astype(np.uint8)))
     return overlay
@@ -206,9 +209,9 @@ def run_predict(c) -> dict:
                 if not c.scores_only:
                     paths = os.path.join(c.output_dir, overlay), os.path.join(mask_dir, name)
                     if video is not None:  # the video needs each overlay now, in frame order
-                        video.write(write_pictures(display, result, t, *paths))
+                        video.write(write_pictures(display, result, t, *paths, detector.precision))
                     else:  # composed and written beside the next images' scoring
-                        writer.submit(write_pictures, display, result, t, *paths)
+                        writer.submit(write_pictures, display, result, t, *paths, detector.precision)
                     row.update(overlay=overlay, mask=os.path.join('masks', name))
                 rows.append(row)
             table.append(rows)
@@ -234,19 +237,21 @@ def run_predict(c) -> dict:
                           else None)
         if not c.scores_only and counts['scored']:
             atomic_write_text(os.path.join(c.output_dir, 'index.html'),
-                              index_html(table.read(), f'CFLOW-AD predictions: {c.input}', t.image))
+                              index_html(table.read(), f'CFLOW-AD predictions: {c.input}'
+                                         + ('' if detector.precision == 'fp32' else f' ({detector.precision} model)'),
+                                         t.image))
         if status != 'complete':
             print(f'Predict stopped after {counts["scored"]} scored inputs; their rows are kept in {table.path}')
     print(f'Predicted {count(summary["scored"], "frame" if kind == "video" else "image")}: {summary["defective"]} '
           f'defective, {summary["skipped"]} skipped (unreadable), {summary["images_per_second"]:.1f} img/s; '
-          f'results in {table.path}')
+          f'results in {table.path}' + ('' if detector.precision == 'fp32' else f' ({detector.precision} model)'))
     return {'rows': list(table.read()), 'skipped': skipped, 'summary': summary, 'output_dir': c.output_dir}
 
 
 def write_predictions(c, table: PredictionTable, skipped, summary, detector: Detector, video_path) -> None:
     """predictions.json: the header fields, then the rows streamed from the table (memory stays flat)."""
     calibration, t = detector.calibration, detector.thresholds
-    header = {'checkpoint': c.checkpoint, 'input': c.input, 'runtime': detector.runtime,
+    header = {'checkpoint': c.checkpoint, 'input': c.input, 'runtime': detector.runtime, 'precision': detector.precision,
               'settings': calibration['settings'], **t.as_dict(),
               'stored_thresholds': {'image_threshold': calibration['image_threshold'],
                                     'pixel_threshold': calibration['pixel_threshold']},

@@ -34,6 +34,7 @@ from utils.calibration import MASK_PEAK_SHARE, mask_threshold
 from utils.errors import CflowError
 from utils.export_onnx import OnnxModel, OpenVinoModel
 from utils.pipeline import ordered_map, read_ahead
+from utils.quantize import precision_of
 from custom_models.model_file import read_model
 
 RUNTIMES = ('torch', 'onnxruntime', 'openvino')
@@ -142,6 +143,7 @@ class Detector:
         self.input_size = int(settings['input_size'])
         self.thresholds = thresholds or choose_thresholds(calibration)
         self.streams = getattr(run, 'streams', 1)  # images the runtime scores at once (threads shared)
+        self.precision = precision_of(calibration)  # 'fp32', or 'int8 (encoder)' for a quantized export
 
     def prepare(self, batch_size: int) -> None:
         """Compile for ``batch_size`` now (OpenVINO), not at the first image: predict does it while its
@@ -233,10 +235,11 @@ def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, th
                streams: int = 1, cache_dir: Optional[str] = None, image_threshold: Optional[float] = None,
                pixel_threshold: Optional[float] = None,
                sensitivity: Optional[float] = None) -> Detector:
-    """Open a calibrated ``.pt``, a compact ``.safetensors`` or an exported ``.onnx``.
+    """Open a calibrated ``.pt``, a compact ``.safetensors``, an exported ``.onnx`` or an INT8 export's
+    OpenVINO ``.xml``.
 
     ``runtime``: ``torch`` (default for .pt/.safetensors, on ``device``), ``onnxruntime`` (default
-    for .onnx) or ``openvino`` (.onnx, CPU, fp32). The file's own settings (input size,
+    for .onnx) or ``openvino`` (.onnx in fp32, or .xml: the only runtime of an IR). The file's own settings (input size,
     normalisation) are used; an uncalibrated model is refused with the command that calibrates it.
     ``threads``: CPU threads of onnxruntime/OpenVINO (0 = their default). ``streams`` (onnxruntime,
     OpenVINO): images scored at once by ``predict`` on a list, each on threads / streams threads:
@@ -245,18 +248,21 @@ def load_model(path: str, device: str = 'cpu', runtime: Optional[str] = None, th
     ``pixel_threshold``, ``sensitivity``: see ``Thresholds`` (the file is not changed).
     """
     path = os.fspath(path)
-    is_onnx = path.endswith('.onnx')
-    runtime = runtime or ('onnxruntime' if is_onnx else 'torch')
+    is_onnx, is_ir = path.endswith('.onnx'), path.endswith('.xml')
+    runtime = runtime or ('onnxruntime' if is_onnx else 'openvino' if is_ir else 'torch')
     if runtime not in RUNTIMES:
         raise CflowError(f'unknown runtime {runtime!r}: choose one of {", ".join(RUNTIMES)}')
+    if is_ir and runtime != 'openvino':
+        raise CflowError(f'{os.path.basename(path)} is an OpenVINO model (the INT8 export): run it with --runtime '
+                         f'openvino (or leave --runtime out)')
     if is_onnx and runtime == 'torch':
         raise CflowError(f'runtime torch runs .pt and .safetensors files, not {os.path.basename(path)}: '
                          f'pick --runtime onnxruntime or openvino')
-    if not is_onnx and runtime != 'torch':
+    if not (is_onnx or is_ir) and runtime != 'torch':
         raise CflowError(f'runtime {runtime} runs .onnx files, not {os.path.basename(path)}: export it first '
                          f'(--action-type export --checkpoint {path} --output model.onnx)')
     options = dict(image_threshold=image_threshold, pixel_threshold=pixel_threshold, sensitivity=sensitivity)
-    if is_onnx:
+    if is_onnx or is_ir:
         model = (OnnxModel(path, threads=threads, streams=streams) if runtime == 'onnxruntime' else
                  OpenVinoModel(path, threads=threads, streams=streams, cache_dir=cache_dir))
         return Detector(model, model.settings, model.calibration, runtime, path,

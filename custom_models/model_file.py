@@ -102,9 +102,9 @@ def stated_settings(path: str, weights_architecture: bool = True,
         raise CflowError(f'model file {path} does not exist: check the path')
     if path.endswith('.safetensors'):
         return compact_header(path)
-    if path.endswith('.onnx'):
-        from utils.export_onnx import onnx_metadata
-        return onnx_metadata(path)
+    if path.endswith(('.onnx', '.xml')):
+        from utils.export_onnx import model_metadata
+        return model_metadata(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception:  # not a zip-format file, or not a checkpoint

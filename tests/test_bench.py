@@ -5,8 +5,6 @@ import re
 import subprocess
 import sys
 
-import bench
-
 from tests.conftest import ROOT
 
 SPEED = r'[\d.]+ img/s \[[\d.]+-[\d.]+\]'
@@ -14,11 +12,11 @@ RATIO = r'[\d.]+x \[[\d.]+-[\d.]+\]'
 
 
 def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
-    rows = bench.main(['-enc', 'resnet18', '-inp', '64', '-bs', '2', '-cb', '2', '--batches', '1', '--rounds', '2',
+    rows = bench_in_a_process(['-enc', 'resnet18', '-inp', '64', '-bs', '2', '-cb', '2', '--batches', '1', '--rounds', '2',
                        '--device', 'cpu', '--pro-maps', '12', '--pro-size', '32', '--loader-images', '4',
                        '--loader-image-size', '64', '--workers', '0', '--predict-images', '4',
-                       '--predict-image-size', '96', '--skip', 'sizes,threads,masks,stages,encoders', '--train-encoders', 'resnet18',
-                       '--train-batch', '8', '--train-rounds', '1'])
+                       '--predict-image-size', '96', '--skip', 'sizes,threads,masks,stages,encoders,quantize', '--train-encoders', 'resnet18',
+                       '--train-batch', '8', '--train-rounds', '1', '--quantize-scopes', 'encoder'])
     by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
     assert by_name['authors 256-fiber loop'][1] == 'baseline'
     assert re.fullmatch(SPEED, by_name['encoder only'][0]) and re.fullmatch(RATIO, by_name['encoder only'][1])
@@ -37,6 +35,8 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
             assert re.fullmatch(SPEED, speed) and re.fullmatch(RATIO, ratio)
             assert float(re.search(r'max diff vs PyTorch ([\d.e+-]+)', notes).group(1)) <= 1e-4
         assert re.search(r'; [\d.]+x onnxruntime', by_name[f'predict model, OpenVINO (batch {batch})'][2])
+        speed, _, notes = by_name[f'predict model, OpenVINO INT8 encoder (batch {batch})']  # issue 24's ratio
+        assert re.fullmatch(SPEED, speed) and re.search(r'^[\d.]+x fp32 OpenVINO \[[\d.]+-[\d.]+\]', notes)
     for name in ('predict command, PyTorch', 'predict command, onnxruntime', 'predict command, OpenVINO',
                  'predict command, OpenVINO, --scores-only', 'loading only (2 workers)'):
         assert re.fullmatch(SPEED, by_name[name][0])
@@ -62,7 +62,7 @@ def bench_in_a_process(argv):
 def test_the_throughput_model_adds_up_the_stages_and_names_the_command_rate():
     rows = bench_in_a_process(['-enc', 'resnet18', '-inp', '64', '-cb', '1', '--device', 'cpu', '--stage-images', '3',
                                '--stage-sizes', '96', '--stage-rounds', '1',
-                               '--skip', 'pipeline,aupro,loader,predict,encoders,sizes,train,threads,masks'])
+                               '--skip', 'pipeline,aupro,loader,predict,encoders,sizes,train,threads,masks,quantize'])
     by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
     shared = {name: float(notes.split()[0]) for name, (_, _, notes) in by_name.items()
               if name.startswith('stage 96px') and 'model' not in name}
@@ -85,7 +85,7 @@ def test_the_throughput_model_adds_up_the_stages_and_names_the_command_rate():
 def test_the_encoders_section_times_each_encoder_against_the_first():
     rows = bench_in_a_process(['-cb', '1', '--device', 'cpu', '--rounds', '1', '--compare-encoders', 'resnet18,mobilenet_v3_small',
                        '--compare-size', '64', '--compare-images', '2',
-                       '--skip', 'pipeline,aupro,loader,predict,stages,sizes,train,threads,masks'])
+                       '--skip', 'pipeline,aupro,loader,predict,stages,sizes,train,threads,masks,quantize'])
     by_name = {name: (speed, ratio, notes) for name, speed, ratio, notes in rows}
     assert by_name['resnet18: norm-test pipeline (batch 2)'][1] == 'baseline'
     for arch in ('resnet18', 'mobilenet_v3_small'):

@@ -93,6 +93,23 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
             'score_median': float(median), 'score_max': float(scores.max()), 'settings': dict(settings)}
 
 
+def thresholds_from_maps(maps: np.ndarray, image_quantile: float = IMAGE_QUANTILE, margin: float = IMAGE_MARGIN,
+                         pixel_quantile: float = PIXEL_QUANTILE) -> dict:
+    """t_I and t_P (module docstring) from the anomaly maps A (N x H x W) of the calibration images, for a
+    model whose maps are all there is (an INT8 export): the rule ``calibrate_from_log_probs`` applies."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.shape[0] < 2:
+        raise CflowError(f'calibration needs at least 2 defect-free images, got {maps.shape[0]}')
+    scores = maps.reshape(maps.shape[0], -1).max(axis=1)
+    top, median = np.quantile(scores, image_quantile), np.median(scores)
+    image_threshold = float(top + margin * (top - median))
+    pixel_threshold = float(min(image_threshold, np.quantile(maps.ravel(), pixel_quantile)))
+    if not (math.isfinite(image_threshold) and math.isfinite(pixel_threshold)):
+        raise CflowError('calibration gave non-finite thresholds: the quantized model diverged')
+    return {'image_threshold': image_threshold, 'pixel_threshold': pixel_threshold,
+            'score_median': float(median), 'score_max': float(scores.max())}
+
+
 def mask_threshold(score: float, calibration: dict) -> float:
     """t_M of an image decided defective: max(t_P, t_I + share * (score - t_I)) (module docstring)."""
     t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']

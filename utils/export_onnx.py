@@ -20,6 +20,7 @@ from utils.atomic import atomic_write
 from utils.errors import CflowError
 
 INPUT, OUTPUTS = 'image', ('anomaly_map', 'score')
+EXPORTED = ('.onnx', '.xml')  # exported graphs: ONNX, and OpenVINO IR (the INT8 export, utils/quantize.py)
 
 
 def export_onnx(model, path: str) -> None:
@@ -42,6 +43,23 @@ def export_onnx(model, path: str) -> None:
             entry.key, entry.value = key, value
         onnx.save_model(proto, tmp)
     atomic_write(path, write)
+
+
+def model_metadata(path: str):
+    """(settings, calibration) of an exported graph: an .onnx, or an OpenVINO IR .xml (its rt_info)."""
+    return ir_metadata(path) if path.endswith('.xml') else onnx_metadata(path)
+
+
+def ir_metadata(path: str):
+    """(settings, calibration) in an IR's rt_info, read from the .xml text (no OpenVINO import)."""
+    import xml.etree.ElementTree as ET
+    try:
+        info = ET.parse(path).getroot().find('rt_info')
+    except (OSError, ET.ParseError) as exc:
+        raise CflowError(f'cannot read OpenVINO model {path} ({exc}): pass the .xml that export wrote, with its .bin '
+                         f'beside it') from None
+    meta = {} if info is None else {e.tag: e.get('value', '') for e in info}
+    return export_metadata(meta, path)
 
 
 def onnx_metadata(path: str):
@@ -159,7 +177,7 @@ class OnnxModel:
 
 
 class OpenVinoModel:
-    """The same, run by OpenVINO's CPU plugin (anomalib's recommended CPU runtime), in fp32: the
+    """The same (an .onnx, or the INT8 export's IR .xml), run by OpenVINO's CPU plugin (anomalib's recommended CPU runtime), in fp32: the
     precision hint is set explicitly, since its default is bf16 on CPUs that have it. One compiled
     model per batch size (static shapes run faster than the dynamic batch axis, and give other bytes).
 
@@ -174,7 +192,7 @@ class OpenVinoModel:
             import openvino as ov
         except ImportError:
             raise CflowError('running an .onnx model with OpenVINO needs openvino: pip install openvino') from None
-        self.settings, self.calibration = onnx_metadata(path)
+        self.settings, self.calibration = model_metadata(path)
         self.input_size = int(self.settings['input_size'])
         self.core = ov.Core()
         if cache_dir:
