@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 SPEED = r'[\d.]+ img/s \[[\d.]+-[\d.]+\]'
@@ -37,6 +39,17 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
         assert re.search(r'; [\d.]+x onnxruntime', by_name[f'predict model, OpenVINO (batch {batch})'][2])
         speed, _, notes = by_name[f'predict model, OpenVINO INT8 encoder (batch {batch})']  # issue 24's ratio
         assert re.fullmatch(SPEED, speed) and re.search(r'^[\d.]+x fp32 OpenVINO \[[\d.]+-[\d.]+\]', notes)
+    # OpenVINO's op times split encoder / flows: the INT8 encoder's convolutions run an int8 kernel, its flows do not
+    op_times = {}
+    for name in ('fp32', 'INT8 encoder'):
+        total, _, notes = by_name[f'OpenVINO op times, {name}']
+        parts = re.fullmatch(r'encoder ([\d.]+) ms \((\S+)\); flows ([\d.]+) ms \((\S+)\)', notes)
+        assert parts and float(parts[1]) > 0 and float(parts[3]) > 0
+        assert float(total.split()[0]) == pytest.approx(float(parts[1]) + float(parts[3]), abs=0.11)
+        op_times[name] = parts[2], parts[4]
+    int8_kernel = re.compile(r'[iu]8', re.IGNORECASE)  # OpenVINO names a kernel after its precision: jit_avx2_I8
+    assert not int8_kernel.search(op_times['fp32'][0]) and int8_kernel.search(op_times['INT8 encoder'][0])
+    assert not int8_kernel.search(op_times['INT8 encoder'][1])
     for name in ('predict command, PyTorch', 'predict command, onnxruntime', 'predict command, OpenVINO',
                  'predict command, OpenVINO, --scores-only', 'loading only (2 workers)'):
         assert re.fullmatch(SPEED, by_name[name][0])

@@ -21,24 +21,23 @@ def in_a_process(*argv):
 
 
 @pytest.fixture(scope='module')
-def int8(trained, tmp_path_factory):
-    """The demo model's INT8 export (encoder scope), and its fp32 export from the same calibration folder."""
+def int8(trained, exported, tmp_path_factory):
+    """The demo model's INT8 export (encoder scope) from its calibration folder, beside its fp32 export
+    (the suite's shared one: the checkpoint was calibrated on the same folder when it was trained)."""
     root, checkpoint, _ = trained
     out = tmp_path_factory.mktemp('int8')
     calibration = str(root / 'calibration')
     in_a_process('main.py', '--action-type', 'export', '--checkpoint', checkpoint, '--output', str(out / 'int8.xml'),
                  '--quantize', 'int8', '--calibration-path', calibration)
-    assert main(['--action-type', 'export', '--checkpoint', checkpoint, '--output', str(out / 'fp32.onnx'),
-                 '--calibration-path', calibration]) == 0
-    return out, calibration
+    return out, calibration, exported[0] / 'model.onnx'
 
 
 def test_the_int8_file_carries_the_settings_its_precision_and_its_own_thresholds(int8):
     from utils.export_onnx import model_metadata
-    out, calibration_dir = int8
+    out, calibration_dir, fp32_path = int8
     assert (out / 'int8.bin').stat().st_size > 0 and not [p for p in os.listdir(out) if p.startswith('.')]
     settings, calibration = model_metadata(str(out / 'int8.xml'))
-    fp32_settings, fp32 = model_metadata(str(out / 'fp32.onnx'))
+    fp32_settings, fp32 = model_metadata(str(fp32_path))
     assert settings == fp32_settings
     assert calibration['precision'] == 'int8' and calibration['quantized'] == 'encoder'
     assert calibration['fp32_thresholds'] == {'image_threshold': fp32['image_threshold'],
@@ -56,7 +55,7 @@ from custom_models import load_model
 from utils.calibration import thresholds_from_maps
 import custom_datasets.synthetic as synthetic
 paths = calibration_images({calibration_dir!r})
-int8, fp32 = load_model({str(out / 'int8.xml')!r}), load_model({str(out / 'fp32.onnx')!r}, runtime='openvino')
+int8, fp32 = load_model({str(out / 'int8.xml')!r}), load_model({str(fp32_path)!r}, runtime='openvino')
 maps = [p.model_map for p in int8.predict(paths)]
 model = ov.Core().read_model({str(out / 'int8.xml')!r})
 def quantized_input(node):  # through the ops int8 passes unchanged (reflection padding, max-pooling)
@@ -82,7 +81,7 @@ print(json.dumps({{'thresholds': thresholds_from_maps(maps), 'conv': fed['Convol
 
 
 def test_predict_and_norm_test_name_the_precision(int8, trained, tmp_path, capsys):
-    out, _ = int8
+    out, _, fp32_path = int8
     _, checkpoint, demo_root = trained
     images = os.path.join(demo_root, 'textile', 'test', 'scratch')
     stdout = in_a_process('main.py', '--action-type', 'predict', '--checkpoint', str(out / 'int8.xml'), '--input', images,
@@ -92,7 +91,7 @@ def test_predict_and_norm_test_name_the_precision(int8, trained, tmp_path, capsy
     assert report['precision'] == 'int8 (encoder)' and report['runtime'] == 'openvino'
     assert report['image_threshold'] == report['stored_thresholds']['image_threshold']
     assert 'int8 (encoder) model' in open(tmp_path / 'int8' / 'index.html').read()
-    assert main(['--action-type', 'predict', '--checkpoint', str(out / 'fp32.onnx'), '--input', images,
+    assert main(['--action-type', 'predict', '--checkpoint', str(fp32_path), '--input', images,
                  '--output-dir', str(tmp_path / 'fp32'), '--no-cuda', '--workers', '0', '--scores-only']) == 0
     assert json.load(open(tmp_path / 'fp32' / 'predictions.json'))['precision'] == 'fp32'
     capsys.readouterr()
