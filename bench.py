@@ -892,21 +892,15 @@ def int8_exports(fp32_path: str, folder: str, input_size: int, scopes, root: str
     """scope -> path of that scope's INT8 export of ``fp32_path``, ranges and thresholds from the good images of
     ``folder`` (the export command's steps: ``export.export_quantized``, without the fp32 recalibration)."""
     from custom_datasets.inputs import ImageFiles
-    from utils.calibration import thresholds_from_maps
-    from utils.export_onnx import OpenVinoModel, onnx_metadata
-    from utils.quantize import quantize_export, quantized_calibration, write_ir
+    from utils.export_onnx import onnx_metadata
+    from utils.quantize import quantize_to_ir
     settings, calibration = onnx_metadata(fp32_path)
     files = ImageFiles(list_images(folder)[:limit], input_size, display=False)
     images = [files[i][0][None].numpy() for i in range(len(files))]
     paths = {}
     for scope in scopes:
-        path = os.path.join(root, f'int8_{scope}.xml')
-        quantized = quantize_export(fp32_path, images, scope)
-        write_ir(quantized, path, settings, calibration)
-        int8 = OpenVinoModel(path)
-        thresholds = thresholds_from_maps([int8(torch.from_numpy(x))[0][0] for x in images])
-        write_ir(quantized, path, settings, quantized_calibration(calibration, thresholds, scope, folder, len(images)))
-        paths[scope] = path
+        paths[scope] = os.path.join(root, f'int8_{scope}.xml')
+        quantize_to_ir(fp32_path, images, scope, paths[scope], settings, calibration, folder, root)
     return paths
 
 

@@ -11,8 +11,6 @@ An ONNX graph must be calibrated (its thresholds are part of what is deployed); 
 import os
 import tempfile
 
-import torch
-
 from custom_datasets.common import calibration_images
 from custom_models.detector import uncalibrated
 from custom_models.scoring import calibrate_on_folder, deployable
@@ -45,9 +43,8 @@ def export_quantized(c) -> dict:
     same images, then given thresholds from the INT8 model's own maps of them; an OpenVINO IR
     (``utils/quantize.py``)."""
     from custom_datasets.inputs import ImageFiles
-    from utils.calibration import thresholds_from_maps
-    from utils.export_onnx import OpenVinoModel, export_onnx
-    from utils.quantize import check_quantize_images, quantize_export, quantized_calibration, write_ir
+    from utils.export_onnx import export_onnx
+    from utils.quantize import check_quantize_images, quantize_to_ir
     paths = calibration_images(c.calibration_path)
     check_quantize_images(paths, c.calibration_path)
     model = read_model(c.checkpoint, model_settings(c))
@@ -55,18 +52,13 @@ def export_quantized(c) -> dict:
     files = ImageFiles(paths, model.settings['input_size'], display=False)
     images = [files[i][0][None].numpy() for i in range(len(files))]
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(c.output))) as work:
-        fp32_path, int8_path = os.path.join(work, 'fp32.onnx'), os.path.join(work, 'int8.xml')
+        fp32_path = os.path.join(work, 'fp32.onnx')
         export_onnx(deployable(model.encoder, model.decoders, model.settings, model.calibration).eval(), fp32_path)
         print(f'Quantizing the {c.quantize_scope} to INT8 with NNCF on {len(images)} images ...')
-        quantized = quantize_export(fp32_path, images, c.quantize_scope)
-        write_ir(quantized, int8_path, model.settings, model.calibration)
-        int8 = OpenVinoModel(int8_path)
-        thresholds = thresholds_from_maps([int8(torch.from_numpy(image))[0][0] for image in images])
-        calibration = quantized_calibration(model.calibration, thresholds, c.quantize_scope,
-                                            f'images under {c.calibration_path}', len(paths))
-        write_ir(quantized, c.output, model.settings, calibration)
+        calibration = quantize_to_ir(fp32_path, images, c.quantize_scope, c.output, model.settings, model.calibration,
+                                     f'images under {c.calibration_path}', work)
     size = os.path.getsize(c.output) + os.path.getsize(c.output[:-len('xml')] + 'bin')
     print(f'Exported {c.output} and its .bin ({size / 1e6:.1f} MB, INT8 {c.quantize_scope}): image threshold '
-          f'{thresholds["image_threshold"]:.4g} (fp32 {model.calibration["image_threshold"]:.4g}), pixel threshold '
-          f'{thresholds["pixel_threshold"]:.4g} (fp32 {model.calibration["pixel_threshold"]:.4g})')
+          f'{calibration["image_threshold"]:.4g} (fp32 {model.calibration["image_threshold"]:.4g}), pixel threshold '
+          f'{calibration["pixel_threshold"]:.4g} (fp32 {model.calibration["pixel_threshold"]:.4g})')
     return {'output': c.output, 'bytes': size, 'calibration': calibration}

@@ -61,6 +61,12 @@ def high_quantile(highest: np.ndarray, count: int, q: float) -> float:
     return float(high - (high - low) * (1 - t)) if t >= 0.5 else float(low + (high - low) * t)
 
 
+def image_threshold_rule(scores: np.ndarray, image_quantile: float, margin: float):
+    """(t_I, median) of the calibration images' scores: t_I = q + margin * (q - median), q their quantile."""
+    top, median = np.quantile(scores, image_quantile), np.median(scores)
+    return float(top + margin * (top - median)), median
+
+
 def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence[int], source: str,
                              settings: dict, image_quantile: float = IMAGE_QUANTILE, margin: float = IMAGE_MARGIN,
                              pixel_quantile: float = PIXEL_QUANTILE) -> dict:
@@ -81,8 +87,7 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
         lowest = torch.cat([lowest, flat.flatten()]).topk(min(keep, lowest.numel() + flat.numel()), largest=False,
                                                            sorted=False).values
     scores = (sum_max - torch.cat(image_min)).numpy()
-    top, median = np.quantile(scores, image_quantile), np.median(scores)
-    image_threshold = float(top + margin * (top - median))
+    image_threshold, median = image_threshold_rule(scores, image_quantile, margin)
     pixel_threshold = float(min(image_threshold, high_quantile(sum_max - lowest.numpy(), total_values,
                                                                 pixel_quantile)))
     if not all(map(math.isfinite, log_p_max + [sum_max, image_threshold, pixel_threshold])):
@@ -101,8 +106,7 @@ def thresholds_from_maps(maps: np.ndarray, image_quantile: float = IMAGE_QUANTIL
     if maps.shape[0] < 2:
         raise CflowError(f'calibration needs at least 2 defect-free images, got {maps.shape[0]}')
     scores = maps.reshape(maps.shape[0], -1).max(axis=1)
-    top, median = np.quantile(scores, image_quantile), np.median(scores)
-    image_threshold = float(top + margin * (top - median))
+    image_threshold, median = image_threshold_rule(scores, image_quantile, margin)
     pixel_threshold = float(min(image_threshold, np.quantile(maps.ravel(), pixel_quantile)))
     if not (math.isfinite(image_threshold) and math.isfinite(pixel_threshold)):
         raise CflowError('calibration gave non-finite thresholds: the quantized model diverged')

@@ -68,6 +68,24 @@ def quantize_export(fp32_path: str, images: Iterable[np.ndarray], scope: str = D
                          **options)
 
 
+def quantize_to_ir(fp32_path: str, images: Sequence[np.ndarray], scope: str, path: str, settings: dict,
+                   calibration: dict, source: str, scratch_dir: str) -> dict:
+    """The INT8 export of ``fp32_path`` as ``path`` (.xml + .bin), its thresholds calibrated on its own maps
+    of ``images`` as OpenVINO runs it for predict (``source`` names them); returns its calibration. The
+    model is first written to ``scratch_dir`` to be run, so ``path`` never holds the fp32 thresholds."""
+    import torch
+    from utils.calibration import thresholds_from_maps
+    from utils.export_onnx import OpenVinoModel
+    quantized = quantize_export(fp32_path, images, scope)
+    scratch = os.path.join(scratch_dir, f'int8_{scope}_uncalibrated.xml')
+    write_ir(quantized, scratch, settings, calibration)
+    int8 = OpenVinoModel(scratch)
+    thresholds = thresholds_from_maps([int8(torch.from_numpy(image))[0][0] for image in images])
+    calibration = quantized_calibration(calibration, thresholds, scope, source, len(images))
+    write_ir(quantized, path, settings, calibration)
+    return calibration
+
+
 def write_ir(model, path: str, settings: dict, calibration: dict) -> None:
     """The quantized model as ``path`` (.xml) and its .bin, with settings and calibration in its rt_info
     (``utils.export_onnx.ir_metadata`` reads them back); written beside, then moved into place, the .bin
