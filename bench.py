@@ -315,8 +315,11 @@ def calibrated_model(arch, encoder, decoders, input_size, folder):
     """(AnomalyModel, settings, calibration): the deployable model, calibrated on 8 images of ``folder``."""
     from custom_models.anomaly_model import AnomalyModel
     from custom_datasets.inputs import ImageFiles
+    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    from custom_models.preprocessing import published_input
     from utils.calibration import calibrate_from_log_probs
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    fed = published_input(arch, input_size, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = fed.mean, fed.std
     calibration_files = ImageFiles(list_images(folder)[:8], input_size)
     images = torch.stack([calibration_files[i][0] for i in range(len(calibration_files))])
     settings = {'enc_arch': arch, 'dec_arch': 'freia-cflow', 'pool_layers': len(decoders),
@@ -325,7 +328,8 @@ def calibrated_model(arch, encoder, decoders, input_size, folder):
     model = AnomalyModel(encoder, decoders, input_size, mean, std, {'log_p_max': [0.0] * len(decoders),
                                                                     'sum_max': 0.0}).eval()
     with torch.inference_mode():
-        calibration = calibrate_from_log_probs(model.log_probs(images), (input_size,) * 2, 'bench', settings)
+        calibration = calibrate_from_log_probs(model.log_probs(images), (input_size,) * 2, 'bench', settings,
+                                               grids=[g.as_list() for g in encoder.cell_grids(input_size)])
     return AnomalyModel(encoder, decoders, input_size, mean, std, calibration).eval(), settings, calibration
 
 
@@ -457,23 +461,27 @@ def bench_stages(a, rows):
 
 
 def bench_encoders(a, rows):
-    """ResNet-18 beside the timm encoders at one input size, in one interleaved run: the norm-test pipeline
-    (encoder, fused scorer, published maps) at batch --compare-images, and the predict model (calibrated,
-    batch 1) under PyTorch and OpenVINO; ratios to ResNet-18's norm-test pipeline."""
+    """ResNet-18 beside the timm encoders, each at the size the published code feeds it (ResNet-18 at
+    --compare-size, a timm encoder at timm's: custom_models.preprocessing), in one interleaved run: the
+    norm-test pipeline (encoder, fused scorer, published maps) at batch --compare-images, and the predict
+    model (calibrated, batch 1) under PyTorch and OpenVINO; ratios to ResNet-18's norm-test pipeline."""
+    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    from custom_models.preprocessing import published_input
     from custom_models.scoring import make_scorers as scorers_for
     from utils.export_onnx import OpenVinoModel, export_onnx
-    size, paths, notes = a.compare_size, {}, {}
-    generator = torch.Generator().manual_seed(1)
-    images = torch.rand(a.compare_images, 3, size, size, generator=generator)
+    paths, notes, sizes = {}, {}, {}
     tmp = tempfile.mkdtemp()
-    make_demo_class(tmp, 'encoders', image_size=size, n_train=8, n_test_good=1, n_test_defect=1)
-    folder = os.path.join(tmp, 'encoders', 'train', 'good')
     for arch in a.compare_encoders.split(','):
+        size = sizes[arch] = published_input(arch, a.compare_size, IMAGENET_MEAN, IMAGENET_STD).size
+        generator = torch.Generator().manual_seed(1)
+        images = torch.rand(a.compare_images, 3, size, size, generator=generator)
+        make_demo_class(tmp, f'encoders{size}', image_size=size, n_train=8, n_test_good=1, n_test_defect=1)
+        folder = os.path.join(tmp, f'encoders{size}', 'train', 'good')
         encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'enc_arch': arch, 'device': 'cpu'}))
         c = SimpleNamespace(scorer='fused', compile=False, condition_vec=CONDITION_VEC, device='cpu', fiber_chunk=65536)
         built = scorers_for(c, decoders)
 
-        def norm_test(encoder=encoder, built=built):
+        def norm_test(encoder=encoder, built=built, images=images, size=size):
             with torch.inference_mode():
                 taps = encoder((images - 0.45) / 0.225)
                 anomaly_maps([score(e) for score, e in zip(built, taps)], (size, size))
@@ -482,7 +490,7 @@ def bench_encoders(a, rows):
         export_onnx(model, onnx_path)
         openvino = OpenVinoModel(onnx_path)
 
-        def predict(run):
+        def predict(run, images=images):
             def one_by_one():
                 with torch.inference_mode():
                     for x in images:
@@ -499,8 +507,8 @@ def bench_encoders(a, rows):
             f'taps {", ".join("x".join(map(str, s)) for s in tap_shapes_of(encoder, size))}'
     seconds = interleaved(paths, a.rounds, 'cpu')
     baseline = next(iter(paths))
-    rows += [(name, speed, ratio, '; '.join(filter(None, (f'-inp {size} -pl {a.pool_layers} -cb {a.coupling_blocks}',
-                                                          notes.get(name)))))
+    rows += [(name, speed, ratio, '; '.join(filter(None, (f'fed {sizes[name.split(":")[0]]} px -pl {a.pool_layers} '
+                                                          f'-cb {a.coupling_blocks}', notes.get(name)))))
              for name, speed, ratio, _ in speed_rows(seconds, a.compare_images, baseline)]
     shutil.rmtree(tmp, ignore_errors=True)
 

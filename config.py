@@ -9,7 +9,7 @@ from PIL import Image
 
 # Import-light on purpose (``--help`` must not wait for torch): the heavy modules are
 # imported inside the functions that need them.
-from custom_models.architectures import DECODER_ARCHS, encoder_family, encoder_names_text, fixed_input_size
+from custom_models.architectures import DECODER_ARCHS, encoder_family, encoder_names_text
 from utils.errors import CflowError
 from utils.results import model_name
 
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-run', '--run-name', default=0, type=int, metavar='N',
                    help='run number; also the seed unless --seed is given (default: 0)')
     p.add_argument('-inp', '--input-size', default=256, type=int, metavar='PX',
-                   help='image resize dimensions (default: 256)')
+                   help='image resize dimensions (default: 256); a timm encoder (ViT, EfficientNet) is fed timm\'s '
+                        'own size, as published, and -inp only names its run')
     p.add_argument('--action-type', default='norm-train', type=str, metavar='ACTION',
                    help=f'{"/".join(ACTIONS)} (default: norm-train)')
     p.add_argument('-bs', '--batch-size', default=32, type=int, metavar='N',
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='predict --runtime openvino: its compiled-model cache, so a later run skips most of the '
                         'compile (about the size of the weights per model; default: $XDG_CACHE_HOME or '
                         '~/.cache, /cflow-ad/openvino; none: no cache)')
+    p.add_argument('--fail-on-skip', action='store_true', default=False,
+                   help='predict: exit with an error when any input cannot be read (default: skip it with a warning; '
+                        'a run where no input could be read always fails)')
     p.add_argument('--overlay-format', default='png', choices=('png', 'jpg'),
                    help='predict: overlays as lossless PNG (default) or as JPEG (quality 90, about 10x faster '
                         'to write); masks are always PNG')
@@ -218,8 +222,13 @@ FLAG_OF_SETTING = {'input_size': '-inp', 'enc_arch': '-enc', 'pool_layers': '-pl
 
 
 def apply_file_settings(c, settings: dict, source: str) -> None:
-    """Take a model file's own settings; a flag the user passed that contradicts one is an error."""
+    """Take a model file's own settings; a flag the user passed that contradicts one is an error.
+    A timm encoder's input size is not -inp's (which only names its run): ``apply_encoder_input`` takes it."""
+    from custom_models.preprocessing import uses_timm_data_config
+    timm_input = uses_timm_data_config(settings.get('enc_arch', c.enc_arch))
     for key, value in settings.items():
+        if key == 'input_size' and timm_input:
+            continue
         flag = FLAG_OF_SETTING.get(key)
         if flag and key in c.given and getattr(c, key) != value:
             raise CflowError(f'{source} was made with {flag} {value}, but {flag} {getattr(c, key)} was passed: '
@@ -229,9 +238,10 @@ def apply_file_settings(c, settings: dict, source: str) -> None:
 
 def check_checkpoint_name(c) -> None:
     """An authors'-style name states the input size, which the weights cannot confirm: taken when -inp
-    was left out, another -inp refused. (-enc, -pl, -cb and -dec are checked against the weights
-    themselves when the file is loaded.)"""
+    was left out, another -inp refused (a timm encoder's, which only names the run, is not checked).
+    (-enc, -pl, -cb and -dec are checked against the weights themselves when the file is loaded.)"""
     from custom_datasets.mvtec import MVTEC_CLASS_NAMES
+    from custom_models.preprocessing import uses_timm_data_config
     from utils.presets import settings_from_checkpoint_name
     named = settings_from_checkpoint_name(c.checkpoint, MVTEC_CLASS_NAMES)
     if named is None or named['inp'] == c.input_size:
@@ -239,11 +249,13 @@ def check_checkpoint_name(c) -> None:
     if 'input_size' not in c.given:
         c.input_size = named['inp']
         return
+    if uses_timm_data_config(named['enc']):  # a timm run's inp only names it: either name will do
+        return
     raise CflowError(f'checkpoint {os.path.basename(c.checkpoint)} is named inp{named["inp"]} but -inp is '
                      f'{c.input_size}: pass -inp {named["inp"]} (or rename the file if its name is wrong)')
 
 
-def apply_model_file_settings(c) -> None:
+def apply_model_file_settings(c) -> dict:
     """What the model file states (settings and calibration: ``custom_models.model_file.stated_settings``)
     wins over defaults and must agree with flags the user passed: applied here, once, before any
     action runs. ``c.calibration`` is the file's calibration, or None. An uncalibrated authors'
@@ -255,6 +267,22 @@ def apply_model_file_settings(c) -> None:
     settings, c.calibration = stated_settings(c.checkpoint, weights_architecture=c.action_type in DEPLOY_ACTIONS,
                                              preferred_arch=c.enc_arch if 'enc_arch' in c.given else None)
     apply_file_settings(c, settings, c.checkpoint)
+    return settings
+
+
+def apply_encoder_input(c, stated: dict) -> None:
+    """The image size and normalisation the encoder is fed (``custom_models.preprocessing``): what the
+    model file states, else the published rule. ``c.run_input_size`` keeps -inp, which names the run."""
+    from custom_models.preprocessing import published_input, uses_timm_data_config
+    c.run_input_size = c.input_size
+    if 'input_size' in stated:  # the file's size, with the normalisation apply_file_settings took from it
+        c.input_size = int(stated['input_size'])
+        return
+    fed = published_input(c.enc_arch, c.input_size, c.norm_mean, c.norm_std)
+    if uses_timm_data_config(c.enc_arch) and c.action_type in ('norm-train', 'norm-test'):
+        print(f'Notice: {c.enc_arch} is fed timm\'s input size {fed.size} x {fed.size}, normalised with mean = std = '
+              f'{fed.mean} (timm\'s mean), as the published code does; -inp {c.input_size} only names the run')
+    c.input_size, c.norm_mean, c.norm_std = fed.size, fed.mean, fed.std
 
 
 def encoder_weights_choice(c) -> str:
@@ -331,7 +359,8 @@ def derive(c, given: Optional[set] = None) -> Settings:
     predict_only = [flag for flag, dest in (('--runtime', 'runtime'), ('--sensitivity', 'sensitivity'),
                                             ('--streams', 'streams'), ('--openvino-cache', 'openvino_cache'),
                                             ('--image-threshold', 'image_threshold'),
-                                            ('--pixel-threshold', 'pixel_threshold')) if getattr(c, dest) is not None]
+                                            ('--pixel-threshold', 'pixel_threshold'),
+                                            ('--fail-on-skip', 'fail_on_skip')) if getattr(c, dest) not in (None, False)]
     if predict_only and c.action_type != 'predict':
         raise CflowError(f'{predict_only[0]} is for --action-type predict (it does not change a model file): drop it, '
                          f'or pass --action-type predict')
@@ -374,11 +403,10 @@ def derive(c, given: Optional[set] = None) -> Settings:
         c.meta_epochs = 1  # as published: one test pass
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)
     c.calibration = None
+    stated = {}
     if c.checkpoint and c.action_type != 'norm-train':
-        apply_model_file_settings(c)  # the file's settings and calibration win over the defaults
-    fixed = fixed_input_size(c.enc_arch)
-    if fixed is not None and c.input_size != fixed:
-        raise CflowError(f'{c.enc_arch} takes only its own input size: pass -inp {fixed} (got -inp {c.input_size})')
+        stated = apply_model_file_settings(c)  # the file's settings and calibration win over the defaults
+    apply_encoder_input(c, stated)
     if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
                          f'smaller than the network\'s padding; pass -inp '
@@ -388,7 +416,7 @@ def derive(c, given: Optional[set] = None) -> Settings:
     c.condition_vec = CONDITION_VEC
     c.clamp_alpha = CLAMP_ALPHA
     c.fiber_batch = FIBER_BATCH
-    c.model = model_name(c.dataset, c.enc_arch, c.dec_arch, c.pool_layers, c.coupling_blocks, c.input_size,
+    c.model = model_name(c.dataset, c.enc_arch, c.dec_arch, c.pool_layers, c.coupling_blocks, c.run_input_size,
                          c.run_name, c.class_name)
     if c.seed is None:
         c.seed = c.run_name  # -run 0..3 are four different, reproducible runs

@@ -20,7 +20,8 @@ Writes under DIR (default: ``predictions/<input name>``), each file atomically:
     <video>_annotated.mp4     for a video: every frame with its overlay and decision
     index.html                a static page: every input's overlay, score and decision, defective first
 
-Unreadable images are skipped with a warning and counted in the summary. Files under DIR
+Unreadable images are skipped with a warning and counted in the summary; a run where none could be
+read exits with an error, and so does any skip with ``--fail-on-skip``. Files under DIR
 are never taken as inputs (DIR may sit inside the input folder).
 """
 import json
@@ -246,7 +247,19 @@ def run_predict(c) -> dict:
     print(f'Predicted {count(summary["scored"], "frame" if kind == "video" else "image")}: {summary["defective"]} '
           f'defective, {summary["skipped"]} skipped (unreadable), {summary["images_per_second"]:.1f} img/s; '
           f'results in {table.path}' + ('' if detector.precision == 'fp32' else f' ({detector.precision} model)'))
+    check_skipped(skipped, counts['scored'], c.fail_on_skip)
     return {'rows': list(table.read()), 'skipped': skipped, 'summary': summary, 'output_dir': c.output_dir}
+
+
+def check_skipped(skipped: list, scored: int, fail_on_skip: bool) -> None:
+    """A run that scored nothing failed (a script or scheduler must see it); with --fail-on-skip, so does any
+    skipped input. The table and predictions.json are written before, with every skipped file named."""
+    if skipped and not scored:
+        raise CflowError(f'no input could be scored: all {len(skipped)} were unreadable (first: {skipped[0]["source"]}: '
+                         f'{skipped[0]["error"]}): replace them or point --input at readable images')
+    if skipped and fail_on_skip:
+        raise CflowError(f'{len(skipped)} input(s) could not be read and were skipped (first: {skipped[0]["source"]}), '
+                         f'and --fail-on-skip was given: replace or remove them (predictions.json lists each)')
 
 
 def write_predictions(c, table: PredictionTable, skipped, summary, detector: Detector, video_path) -> None:

@@ -21,7 +21,7 @@ def build_datasets(c) -> Tuple[Optional[Dataset], Dataset]:
         from custom_datasets.mvtec import mvtec_dataset
 
         def make(train):
-            return mvtec_dataset(c.data_path, c.class_name, c.input_size, train)
+            return mvtec_dataset(c.data_path, c.class_name, c.input_size, train, **norm)
     elif c.dataset == 'stc':
         from custom_datasets.stc import stc_dataset
 

@@ -1,9 +1,10 @@
 """The deployable model: image in [0, 1] -> calibrated anomaly map and image score, in one module.
 
-    x      = (image - mean) / std                                   (ImageNet or STC constants)
+    x      = (image - mean) / std                                   (the encoder's: custom_models/preprocessing.py)
     taps   = encoder(x)                                             (shallow to deep)
     log p_l = fused decoder l (custom_models/fast_flow.py), B x h_l x w_l
-    S      = sum_l upsample_bilinear(exp(log p_l - m_l), align_corners=True)   (utils/anomaly_map.py)
+    S      = sum_l upsample_bilinear(exp(log p_l - m_l))                  (utils/anomaly_map.py: centred on
+                                                                            the cells' grids, or the published stretch)
     A      = S_ref - S,   score = max over the image of A          (utils/calibration.py)
 
 Every image stands alone (no statistic of the batch), the batch axis is free, and there
@@ -17,7 +18,8 @@ import torch.nn as nn
 
 from custom_models.fast_flow import FastFlowScorer
 from custom_models.flows import CONDITION_VEC
-from utils.anomaly_map import summed_probabilities
+from custom_models.encoders import tap_shapes
+from utils.anomaly_map import grid_matrices, summed_probabilities
 
 
 class AnomalyModel(nn.Module):
@@ -33,14 +35,28 @@ class AnomalyModel(nn.Module):
         self.log_p_max = [float(m) for m in calibration['log_p_max']]
         self.sum_max = float(calibration['sum_max'])
         self.calibration = calibration
+        self.matrices = None  # the published stretch, for files calibrated before cell grids were recorded
+        if calibration.get('cell_grids') is not None:  # constants of the graph, not state: non-persistent buffers
+            size = (self.input_size, self.input_size)
+            cells = [shape[1:] for shape in tap_shapes(encoder.arch, encoder.pool_layers, self.input_size)]
+            for l, (rows, cols_t) in enumerate(grid_matrices(cells, size, calibration['cell_grids'], torch.float32)):
+                self.register_buffer(f'rows_{l}', rows, persistent=False)
+                self.register_buffer(f'cols_t_{l}', cols_t, persistent=False)
+            self.matrices = len(cells)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """x = (image - mean) / std: what the encoder is fed (``custom_models.preprocessing``)."""
+        return (images - self.mean) / self.std
 
     def log_probs(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Per pool layer, B x h_l x w_l log p / C of images in [0, 1]."""
-        taps = self.encoder((images - self.mean) / self.std)
+        taps = self.encoder(self.normalise(images))
         return [scorer.score_map(tap) for tap, scorer in zip(taps, self.scorers)]
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B x H x W anomaly maps, B image scores) of B x 3 x H x W images in [0, 1] at the input size."""
         size = (self.input_size, self.input_size)
-        maps = self.sum_max - summed_probabilities(self.log_probs(images), size, self.log_p_max)
+        matrices = None if self.matrices is None else [(getattr(self, f'rows_{l}'), getattr(self, f'cols_t_{l}'))
+                                                        for l in range(self.matrices)]
+        maps = self.sum_max - summed_probabilities(self.log_probs(images), size, self.log_p_max, matrices=matrices)
         return maps, maps.amax(dim=(1, 2))

@@ -8,11 +8,13 @@ layer of stages ``blocks[-5]``, ``blocks[-3]``, ``blocks[-2]``, shallow to deep 
 The stages run here in timm's order (stem, then blocks), without forward hooks, and stop after the
 deepest tapped stage. The checkpoint holds the whole timm model's state.
 """
+import itertools
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
+from custom_models.receptive_field import CellGrid, grid_after, modules_through
 from custom_models.architectures import EFFICIENTNETS as ARCHS  # noqa: F401 (timm's names today; the rule is wider)
 from custom_models.weights import timm_cache_path as imagenet_cache_path  # noqa: F401
 from custom_models.weights import timm_imagenet_state as imagenet_state  # noqa: F401
@@ -32,6 +34,14 @@ def build_net(arch: str) -> nn.Module:
 def tap_plan(arch: str, pool_layers: int, net: nn.Module) -> Tuple[List[str], Tuple[int, ...]]:
     indices = TAPS[-pool_layers:]
     return [f'blocks[{i}][-1].bn3' for i in indices], tuple(len(net.blocks) + i for i in indices)
+
+
+def cell_grids(net: nn.Module, plan: Tuple[int, ...], input_size: int) -> List[CellGrid]:
+    """Where each tap's cells sit on the input (custom_models/receptive_field.py): stem, then the stages
+    through the tapped one (tf_ models pad the TensorFlow way, so this depends on ``input_size``)."""
+    stem = list(modules_through(net, 'bn1'))
+    return [grid_after(itertools.chain(stem, net.blocks[:i + 1].named_modules(prefix='blocks')), input_size)
+            for i in plan]
 
 
 def forward_taps(net: nn.Module, plan: Tuple[int, ...], x: torch.Tensor) -> List[torch.Tensor]:

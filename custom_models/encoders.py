@@ -9,6 +9,7 @@ says which names each family accepts). A family module provides::
     build_net(arch) -> nn.Module          # random init; its state dict goes into checkpoints
     tap_plan(arch, pool_layers, net)      # (tap names, what forward_taps needs to find them)
     forward_taps(net, plan, x) -> [maps]  # B x C x H x W each, in decoder order
+    cell_grids(net, plan, input_size)     # where each tap's cells sit on the input (receptive_field.py)
     unused_key(key)                       # state entries never run (a classifier head)
     normalise_state(arch, state)          # accepted variants of the state dict's keys
     looks_like(state)                     # a cheap key test before the exact check
@@ -70,6 +71,10 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return FAMILIES[self.kind].forward_taps(self.net, self.tap_plan, x)
+
+    def cell_grids(self, input_size: int) -> list:
+        """Per tap, where its cells sit on an ``input_size`` image (``custom_models.receptive_field``)."""
+        return FAMILIES[self.kind].cell_grids(self.net, self.tap_plan, input_size)
 
 
 def probe_size(arch: str) -> int:

@@ -10,6 +10,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn as nn
 
+from custom_models.receptive_field import CellGrid, grid_after, modules_through
 from custom_models.architectures import MOBILENETS as ARCHS  # noqa: F401 (the names this family builds)
 from custom_models.weights import torchvision_cache_path as imagenet_cache_path  # noqa: F401
 from custom_models.weights import torchvision_imagenet_state as imagenet_state  # noqa: F401
@@ -29,6 +30,11 @@ def tap_plan(arch: str, pool_layers: int, net: nn.Module) -> Tuple[List[str], Tu
     """(names, non-negative block indices) of the deepest ``pool_layers`` taps, shallow to deep."""
     indices = TAPS[arch][-pool_layers:]
     return [f'features[{i}]' for i in indices], tuple(len(net) + i for i in indices)
+
+
+def cell_grids(net: nn.Module, plan: Tuple[int, ...], input_size: int) -> List[CellGrid]:
+    """Where each tap's cells sit on the input (custom_models/receptive_field.py)."""
+    return [grid_after(modules_through(net, str(i)), input_size) for i in plan]
 
 
 def forward_taps(net: nn.Module, plan: Tuple[int, ...], x: torch.Tensor) -> List[torch.Tensor]:

@@ -106,7 +106,8 @@ def calibrate_images(c, encoder, decoders, paths: Sequence[str], source: str) ->
     dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), c.input_size, train=False,
                              mean=c.norm_mean, std=c.norm_std)
     scores = score_loader(c, make_loader(c, dataset, train=False), encoder, decoders)
-    calibration = calibrate_from_log_probs(scores.log_probs, c.crp_size, source, model_settings(c))
+    grids = [grid.as_list() for grid in encoder.cell_grids(c.input_size)]  # maps centred on the receptive fields
+    calibration = calibrate_from_log_probs(scores.log_probs, c.crp_size, source, model_settings(c), grids=grids)
     print(f'Calibrated on {count(len(paths), "image")} ({source}): image threshold '
           f'{calibration["image_threshold"]:.4g}, pixel threshold {calibration["pixel_threshold"]:.4g}')
     return calibration

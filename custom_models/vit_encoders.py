@@ -18,6 +18,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn as nn
 
+from custom_models.receptive_field import CellGrid, grid_after
 from custom_models.architectures import VITS as ARCHS  # noqa: F401 (the names this family builds)
 from custom_models.weights import timm_cache_path as imagenet_cache_path  # noqa: F401
 from custom_models.weights import timm_imagenet_state as imagenet_state  # noqa: F401
@@ -42,6 +43,11 @@ def fold_tokens(tap: torch.Tensor) -> torch.Tensor:
     e = tap.transpose(1, 2)[..., 1:]
     side = math.isqrt(e.shape[2])
     return e.reshape(-1, e.shape[1], side, side)
+
+
+def cell_grids(net: nn.Module, plan: Tuple[int, ...], input_size: int) -> List[CellGrid]:
+    """Patch token i covers pixels 16 i ... 16 i + 15 (the patch embedding; attention moves no token)."""
+    return [grid_after(net.patch_embed.named_modules(), input_size)] * len(plan)
 
 
 def forward_taps(net: nn.Module, plan: Tuple[int, ...], x: torch.Tensor) -> List[torch.Tensor]:

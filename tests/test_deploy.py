@@ -435,3 +435,28 @@ def test_predict_index_page_renders_in_a_headless_browser(predicted, tmp_path):
     pixels = np.asarray(Image.open(shot).convert('RGB'), dtype=np.float32)
     red = ((pixels[..., 0] > 150) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)).mean()
     assert pixels.std() > 20 and red > 0.001  # pictures drawn, defective banners (red) among them
+
+
+def test_predict_on_only_unreadable_files_exits_non_zero_with_one_line(trained, tmp_path, capsys):
+    _, checkpoint, _ = trained
+    folder = tmp_path / 'broken'
+    folder.mkdir()
+    for name in ('a.png', 'b.jpg'):
+        (folder / name).write_bytes(b'not an image')
+    capsys.readouterr()
+    assert main(['--action-type', 'predict', '--checkpoint', checkpoint, '--input', str(folder), '--output-dir',
+                 str(tmp_path / 'out'), '--no-cuda', '--workers', '0', '--scores-only']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'no input could be scored: all 2 were unreadable' in err
+    assert json.load(open(tmp_path / 'out' / 'predictions.json'))['summary']['skipped'] == 2  # still recorded
+
+
+def test_fail_on_skip_makes_one_unreadable_file_an_error(predicted, tmp_path, capsys):
+    folder, _, checkpoint = predicted
+    capsys.readouterr()
+    assert main(['--action-type', 'predict', '--checkpoint', checkpoint, '--input', str(folder), '--output-dir',
+                 str(tmp_path / 'out'), '--no-cuda', '--workers', '0', '--scores-only', '--fail-on-skip']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '1 input(s) could not be read' in err and 'broken.png' in err
+    rows = list(csv.DictReader(open(tmp_path / 'out' / 'predictions.csv')))
+    assert len(rows) == 12 + 16 + 1  # the readable ones are scored and kept

@@ -67,7 +67,8 @@ def test_image_broken_after_its_header_is_named_from_a_worker(capsys, demo_copy)
     bad.write_bytes(bad.read_bytes()[:200])  # header intact, data cut off
     rc, err = run_cli(capsys, ['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(demo_copy),
                                '-enc', 'resnet18', '-inp', '128', '-bs', '16', '--workers', '1', '--no-cuda',
-                               '--encoder-weights', 'none', '--meta-epochs', '1', '--sub-epochs', '1'])
+                               '--encoder-weights', 'none', '--meta-epochs', '1', '--sub-epochs', '1',
+                               '--output-dir', str(demo_copy / 'out')])
     assert_one_line_error(rc, err, 'cannot read image', '002.png')
 
 

@@ -69,4 +69,4 @@ def test_every_runtime_and_file_gives_the_same_vit_scores(vit_model):
                      '--scores-only']) == 0
         rows = {r['source']: r for r in csv.DictReader(open(out / 'predictions.csv'))}
         for path, result in zip(paths, results['pt']):
-            assert float(rows[path]['score']) == pytest.approx(result.score, rel=1e-4, abs=1e-4 * span)
+            assert float(rows[path]["score"]) == pytest.approx(result.score, rel=1e-4, abs=1e-4 * float(span))

@@ -64,3 +64,18 @@ def test_the_mask_threshold_follows_the_image_peak_and_never_drops_below_t_p():
     assert mask_threshold(1.1, calibration) == 1.0 + 0.7 * 0.1 < 1.1  # a faint one: still below its peak
     assert mask_threshold(1.1, {'image_threshold': 1.0, 'pixel_threshold': 1.09}) == 1.09
     assert mask_threshold(2.0, {**calibration, 'mask_peak_share': 0.5}) == 1.5  # a file's own share wins
+
+
+def test_the_banner_never_breaks_a_label_from_its_value(monkeypatch):
+    import utils.viz as viz
+    seen = []
+    monkeypatch.setattr(viz, 'wrap', lambda text, width: seen.append(wrap(text, width)) or seen[-1])
+    for width in (96, 128, 192, 256):
+        viz.decision_picture(Image.new('RGB', (width, 64)), np.zeros((8, 8), np.float32), np.zeros((8, 8), bool),
+                             vmax=2.0, score=1.88, t_image=0.919, t_mask=1.59, defective=True,
+                             which='stored thresholds (calibration), epoch 3')
+    for lines in seen:
+        text = '\n'.join(lines)
+        assert 'score 1.88 > t_I 0.919' in text and 'mask: A > t_M 1.59' in text, lines
+        assert '\u00a0' not in text  # drawn with ordinary spaces
+    assert len(seen) == 4 and any(len(lines) >= 3 for lines in seen)  # the narrow pictures did wrap

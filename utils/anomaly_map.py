@@ -3,6 +3,12 @@
     S = sum_l upsample_bilinear(exp(min(log p_l - shift_l, 80)), align_corners=True)
     A = offset - S,   image score = max over the image of A
 
+Upsampling: the published one stretches each layer's h x w cells over the H x W pixels
+(``align_corners=True``). Given each layer's cell grid (cell i centred on pixel o + s i,
+``custom_models/receptive_field.py``), pixel j is instead sampled at its own cell coordinate
+u = (j - o) / s, bilinearly, clamped to the first and last cell (a calibration records the
+grids; maps of files calibrated before, and the published test metrics, keep the stretch).
+
 Published (test-set normalisation): shift_l = max of log p_l over the WHOLE test set and
 offset = max of S over it, in float64 as the published code computes, so a map depends on
 which images were tested together. Calibrated (``utils/calibration.py``): shift_l and offset
@@ -20,25 +26,62 @@ import torch.nn.functional as F
 EXP_LIMIT = 80.0
 
 
-def summed_probabilities(log_probs: Sequence[torch.Tensor], size: Tuple[int, int],
-                         shifts: Sequence) -> torch.Tensor:
-    """S of one batch, B x H x W in the log-likelihoods' dtype: the map assembly every path uses."""
+def cell_interpolation(cells: int, pixels: int, stride: float, offset: float, dtype=torch.float64) -> torch.Tensor:
+    """pixels x cells matrix M of bilinear weights: (M p)[j] = p at u_j = clamp((j - offset) / stride, 0, cells - 1)."""
+    u = ((torch.arange(pixels, dtype=torch.float64) - offset) / stride).clamp(0, cells - 1)
+    low = u.floor().long()
+    high = (low + 1).clamp(max=cells - 1)
+    weight = u - low
+    matrix = torch.zeros(pixels, cells, dtype=torch.float64)
+    rows = torch.arange(pixels)
+    matrix.index_put_((rows, low), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, high), weight, accumulate=True)
+    return matrix.to(dtype)
+
+
+Matrices = Tuple[torch.Tensor, torch.Tensor]  # (H x h rows, w x W cols^T) of one layer
+
+
+def grid_matrices(cells: Sequence[Tuple[int, int]], size: Tuple[int, int], grids: Sequence,
+                  dtype=torch.float64) -> List[Matrices]:
+    """Per layer of h x w ``cells``, the matrices that centre it on its grid [stride, offset] at ``size``."""
+    return [(cell_interpolation(h, size[0], stride, offset, dtype),
+             cell_interpolation(w, size[1], stride, offset, dtype).t().contiguous())
+            for (h, w), (stride, offset) in zip(cells, grids)]
+
+
+def upsample(prob: torch.Tensor, size: Tuple[int, int], matrices: Optional[Matrices] = None) -> torch.Tensor:
+    """B x h x w -> B x H x W: the published stretch (``matrices`` None) or centred on the cell grid."""
+    if matrices is None:
+        return F.interpolate(prob.unsqueeze(1), size=size, mode='bilinear', align_corners=True)[:, 0]
+    rows, cols_t = matrices
+    return rows @ prob @ cols_t  # separable bilinear: M_rows P M_cols^T
+
+
+def summed_probabilities(log_probs: Sequence[torch.Tensor], size: Tuple[int, int], shifts: Sequence,
+                         grids: Optional[Sequence] = None, matrices: Optional[List[Matrices]] = None) -> torch.Tensor:
+    """S of one batch, B x H x W in the log-likelihoods' dtype: the map assembly every path uses.
+    ``grids``: per layer [stride, offset] to centre the cells on (module docstring), or None (published);
+    ``matrices``: ``grid_matrices`` made once beforehand (the deployable model keeps them)."""
+    if grids is not None and matrices is None:
+        matrices = [tuple(m.to(lp.device) for m in pair) for lp, pair in
+                    zip(log_probs, grid_matrices([lp.shape[-2:] for lp in log_probs], size, grids, log_probs[0].dtype))]
     total = None
-    for log_p, shift in zip(log_probs, shifts):
+    for l, (log_p, shift) in enumerate(zip(log_probs, shifts)):
         prob = torch.exp(torch.clamp(log_p - shift, max=EXP_LIMIT))
-        prob = F.interpolate(prob.unsqueeze(1), size=size, mode='bilinear', align_corners=True)[:, 0]
+        prob = upsample(prob, size, None if matrices is None else matrices[l])
         total = prob if total is None else total + prob
     return total
 
 
 def summed_in_float64(log_probs: List[torch.Tensor], size: Tuple[int, int], shifts: Optional[Sequence] = None,
-                      chunk: int = 64):
+                      chunk: int = 64, grids: Optional[Sequence] = None):
     """(start, S of images start .. start + chunk) in float64 on the CPU, a chunk at a time (one layer's
     full-size maps never all exist); shift_l = max(log p_l) over all images by default."""
     log_probs = [lp.detach().to('cpu', torch.float64) for lp in log_probs]
     shifts = [lp.max() for lp in log_probs] if shifts is None else shifts
     for start in range(0, log_probs[0].shape[0], chunk):
-        yield start, summed_probabilities([lp[start:start + chunk] for lp in log_probs], size, shifts)
+        yield start, summed_probabilities([lp[start:start + chunk] for lp in log_probs], size, shifts, grids)
 
 
 def anomaly_maps(log_probs: List[torch.Tensor], input_size: Tuple[int, int], chunk: int = 64) -> np.ndarray:
@@ -52,7 +95,8 @@ def anomaly_maps(log_probs: List[torch.Tensor], input_size: Tuple[int, int], chu
 def calibrated_maps(log_probs: List[torch.Tensor], input_size: Tuple[int, int], calibration: dict) -> np.ndarray:
     """N x H x W float64 anomaly maps with the calibration's constants: A = S_ref - S."""
     maps = np.empty((log_probs[0].shape[0], *input_size), dtype=np.float64)
-    for start, part in summed_in_float64(log_probs, input_size, calibration['log_p_max']):
+    for start, part in summed_in_float64(log_probs, input_size, calibration['log_p_max'],
+                                         grids=calibration.get('cell_grids')):
         maps[start:start + part.shape[0]] = (calibration['sum_max'] - part).numpy()
     return maps
 

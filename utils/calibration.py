@@ -32,7 +32,7 @@ image's min of S (its score is S_ref - min S), and the lowest (1 - p) share of S
 8 bytes each (an STC scene of 5,000 frames at 256 px: 2.6 MB).
 """
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -69,8 +69,11 @@ def image_threshold_rule(scores: np.ndarray, image_quantile: float, margin: floa
 
 def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence[int], source: str,
                              settings: dict, image_quantile: float = IMAGE_QUANTILE, margin: float = IMAGE_MARGIN,
-                             pixel_quantile: float = PIXEL_QUANTILE) -> dict:
-    """The calibration record (plain floats, lists and strings: it goes into checkpoints and JSON)."""
+                             pixel_quantile: float = PIXEL_QUANTILE, grids: Optional[List[List[float]]] = None) -> dict:
+    """The calibration record (plain floats, lists and strings: it goes into checkpoints and JSON).
+    ``grids``: per layer [stride, offset] of its cells (``custom_models.receptive_field``): the maps, and
+    so the constants and thresholds, are centred on them; recorded as ``cell_grids`` (None: the published
+    stretch, as files calibrated before recorded none)."""
     n = log_probs[0].shape[0]
     if n < 2:
         raise CflowError(f'calibration needs at least 2 defect-free images, got {n}')
@@ -80,7 +83,7 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
     keep = min(total_values, int(math.floor((total_values - 1) * (1 - pixel_quantile))) + 2)
     chunk = max(1, CHUNK_VALUES // pixels)
     sum_max, image_min, lowest = -math.inf, [], torch.empty(0, dtype=torch.float64)
-    for _, total in summed_in_float64(log_probs, tuple(input_size), log_p_max, chunk):
+    for _, total in summed_in_float64(log_probs, tuple(input_size), log_p_max, chunk, grids):
         flat = total.reshape(total.shape[0], -1)
         sum_max = max(sum_max, float(flat.max()))
         image_min.append(flat.min(dim=1).values)
@@ -95,7 +98,8 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
     return {'log_p_max': log_p_max, 'sum_max': sum_max, 'image_threshold': image_threshold,
             'pixel_threshold': pixel_threshold, 'image_quantile': image_quantile, 'margin': margin,
             'pixel_quantile': pixel_quantile, 'mask_peak_share': MASK_PEAK_SHARE, 'n_images': int(n), 'source': source,
-            'score_median': float(median), 'score_max': float(scores.max()), 'settings': dict(settings)}
+            'score_median': float(median), 'score_max': float(scores.max()), 'settings': dict(settings),
+            **({'cell_grids': [list(map(float, g)) for g in grids]} if grids is not None else {})}
 
 
 def thresholds_from_maps(maps: np.ndarray, image_quantile: float = IMAGE_QUANTILE, margin: float = IMAGE_MARGIN,

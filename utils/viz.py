@@ -69,11 +69,19 @@ def colour_bar(height: int, vmax: float, marks) -> Image.Image:
     return strip
 
 
+KEEP = '\u00a0'  # a space wrap() never breaks at: joins a label to its value ('t_M 1.59')
+
+
+def keep_together(*words) -> str:
+    return KEEP.join(words)
+
+
 def wrap(text: str, width: int) -> list:
-    """Lines of at most ``width`` pixels in Pillow's default font, broken at spaces."""
+    """Lines of at most ``width`` pixels in Pillow's default font, broken at plain spaces only (never
+    inside a ``keep_together`` group, drawn with ordinary spaces)."""
     per_line = max(8, width // CHAR_WIDTH)
     lines, line = [], ''
-    for word in text.split():
+    for word in (w.replace(KEEP, ' ') for w in text.split(' ') if w):
         if line and len(line) + 1 + len(word) > per_line:
             lines.append(line)
             line = word
@@ -106,8 +114,9 @@ def decision_picture(display: Image.Image, anomaly_map: np.ndarray, mask: np.nda
     """One image's decision as predict and ``norm-test --viz`` draw it: the banner states the score
     against t_I (and the mask's t_M) and which thresholds these are; the colour bar marks them."""
     marks = [(t_image, 't_I'), (score, 'score')] + ([(t_mask, 't_M')] if defective else [])
-    banner = (f'{"DEFECTIVE" if defective else "good"}: score {score:.3g} {">" if defective else "<="} t_I '
-              f'{t_image:.3g}' + (f'; mask: A > t_M {t_mask:.3g}' if defective else '') + f' ({which})')
+    decision = keep_together('score', f'{score:.3g}', '>' if defective else '<=', 't_I', f'{t_image:.3g}')
+    mask_rule = '; ' + keep_together('mask:', 'A', '>', 't_M', f'{t_mask:.3g}') if defective else ''
+    banner = f'{"DEFECTIVE" if defective else "good"}: {decision}{mask_rule} ({which})'
     return overlay_picture(display, anomaly_map, mask, vmax, marks, banner, defective)
 
 

@@ -44,6 +44,15 @@ def torchvision_encoder_state(arch, seed, features):
     return {k: v for k, v in state.items() if not k.startswith('fc.')}
 
 
+def draw_encoder_state(how, arch, seed):
+    """The seeded random-init encoder a fixture's ``encoder_init`` describes (``how``, ``arch``, ``seed``)."""
+    if how.startswith('torch.manual_seed(seed) then timm'):
+        import timm
+        torch.manual_seed(seed)
+        return timm.create_model(arch, pretrained=False).state_dict()
+    return torchvision_encoder_state(arch, seed, 'features' in how)
+
+
 def without_inverse_permutations(decoder_states):
     slim = []
     for state in decoder_states:
