@@ -34,7 +34,6 @@ import os
 import shutil
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ from custom_datasets.synthetic import make_demo_class
 from custom_models.encoders import ENCODER_ARCHS, build_encoder
 from custom_models.fibers import score_feature_map_loop
 from custom_models.flows import CONDITION_VEC, build_decoders
-from custom_models.scoring import make_scorers
+from custom_models.scoring import ScoreOptions, make_scorers
 from utils.anomaly_map import anomaly_maps
 from custom_models.checkpoint import save_checkpoint
 from utils.metrics import aupro, aupro_direct
@@ -161,17 +160,18 @@ def speed_rows(seconds: dict, items: int, baseline: str, notes: dict = None) -> 
     return rows
 
 
-def build_model(a):
+def build_model(enc_arch: str, pool_layers: int, coupling_blocks: int, device: str):
+    """A seeded random-init encoder and flows (weights moved off their init) on ``device``."""
     torch.manual_seed(0)
     np.random.seed(0)
-    encoder = build_encoder(a.enc_arch, a.pool_layers, 'none').to(a.device)
-    decoders = build_decoders('freia-cflow', encoder.pool_dims, a.coupling_blocks)
+    encoder = build_encoder(enc_arch, pool_layers, 'none').to(device)
+    decoders = build_decoders('freia-cflow', encoder.pool_dims, coupling_blocks)
     with torch.no_grad():  # move weights off their init, so no path benefits from special values
         for d in decoders:
             for p in d.parameters():
                 p.add_(0.02 * torch.randn_like(p))
-    decoders = [d.to(a.device).eval() for d in decoders]
-    if a.device.startswith('cuda'):
+    decoders = [d.to(device).eval() for d in decoders]
+    if device.startswith('cuda'):
         encoder = encoder.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     return encoder, decoders
@@ -183,9 +183,7 @@ def pipeline_paths(a, encoder, decoders):
     Our paths are built by ``custom_models.scoring.make_scorers``: the code norm-test runs.
     """
     def scorers(scorer, compile_=False):
-        c = SimpleNamespace(scorer=scorer, compile=compile_, condition_vec=CONDITION_VEC, device=a.device,
-                            fiber_chunk=65536)
-        built = make_scorers(c, decoders)
+        built = make_scorers(ScoreOptions(device=a.device, scorer=scorer, compile=compile_), decoders)
         return lambda taps: [score(e) for score, e in zip(built, taps)]
 
     def authors(taps):
@@ -222,7 +220,7 @@ def path_runner(a, encoder, fn, inputs, autocast_dtype, tf32):
 
 
 def bench_pipeline(a, rows):
-    encoder, decoders = build_model(a)
+    encoder, decoders = build_model(a.enc_arch, a.pool_layers, a.coupling_blocks, a.device)
     generator = torch.Generator().manual_seed(1)
     inputs = [torch.randn(a.batch_size, 3, a.input_size, a.input_size, generator=generator).to(a.device)
               for _ in range(a.batches)]
@@ -315,7 +313,7 @@ def calibrated_model(arch, encoder, decoders, input_size, folder):
     """(AnomalyModel, settings, calibration): the deployable model, calibrated on 8 images of ``folder``."""
     from custom_models.anomaly_model import AnomalyModel
     from custom_datasets.inputs import ImageFiles
-    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    from utils.images import IMAGENET_MEAN, IMAGENET_STD
     from custom_models.preprocessing import published_input
     from utils.calibration import calibrate_from_log_probs
     fed = published_input(arch, input_size, IMAGENET_MEAN, IMAGENET_STD)
@@ -350,19 +348,14 @@ def bench_stages(a, rows):
     perfectly, none idle). Then, interleaved in rounds: the predict command with overlays and with
     --scores-only, the Python API on the same files, and the model alone one image at a time on
     every thread (the issue's baseline), each as a rate and as a ratio to that baseline."""
-    import contextlib
-    import io
-    import pickle
     from custom_datasets.inputs import ImageFiles
     from custom_models import load_model
-    from main import main as run_main
     from utils.export_onnx import export_onnx
     from utils.pipeline import automatic_streams
-    from utils.prediction_files import PredictionTable, save_png
+    from utils.prediction_files import PredictionTable
     from utils.viz import decision_picture
-    from PIL import Image
     cores = os.cpu_count() or 1
-    encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
+    encoder, decoders = build_model(a.enc_arch, a.pool_layers, a.coupling_blocks, 'cpu')
     streams = automatic_streams(a.stage_images > 1)
     with tempfile.TemporaryDirectory() as root:
         make_demo_class(root, 'calibration', image_size=a.input_size, n_train=8, n_test_good=1, n_test_defect=1)
@@ -392,21 +385,7 @@ def bench_stages(a, rows):
             table = PredictionTable(os.path.join(out, 'table.csv'))
             row = {'source': 'x', 'frame': '', 'score': 1.0, 'decision': 'good', 'defect_pixels': 0,
                    'defect_fraction': 0.0, 'overlay': 'o', 'mask': 'm'}
-            shared = {  # name -> (seconds per image, cores it keeps busy, also with --scores-only)
-                'decode + resize + display copy': (time_each(lambda i: files[i], list(range(len(files)))), 1, True),
-                'hand-over to the main process (pickle)': (
-                    time_each(lambda item: pickle.loads(pickle.dumps(item)), items), 1, True),
-                'decision + full-size mask': (time_each(lambda s: detector.result(s[2][0][0], s[2][1][0], s[1][3]),
-                                                        scored), 1, True),
-                'table row (appended, fsync)': (time_each(lambda _: table.append([row]), items), 1, True),
-                'overlay composition': (time_each(lambda p: decision_picture(
-                    p[0][2], p[1].model_map, p[1].mask, 2 * t.image, p[1].score, t.image,
-                    p[1].thresholds['mask_threshold'], p[1].defective, 'thresholds: stored'), pictures), 1, False),
-                'overlay PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'o.png'), p[2]),
-                                                         pictures), 1, False),
-                'mask PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'm.png'), Image.fromarray(
-                    (p[1].mask * 255).astype(np.uint8))), pictures), 1, False),
-            }
+            shared = stage_seconds(files, items, scored, detector, table, row, pictures, out, t)
             for name, (seconds, busy, _) in shared.items():
                 rows.append((f'stage {side}px: {name}', f'{1000 * seconds:.2f} ms', '', f'{1000 * seconds:.2f} core-ms'))
             batches = [(x[None], None) for x, _ in items]
@@ -425,39 +404,75 @@ def bench_stages(a, rows):
                     limits[runtime, label] = cores / core_seconds
                     rows.append((f'limit {side}px, {runtime}, {label}', f'{limits[runtime, label]:.1f} img/s', '',
                                  f'{cores} cores / {1000 * core_seconds:.2f} core-ms per image'))
-            paths_timed, first = {}, {}
-            for runtime in runtimes:
-                paths_timed[f'{runtime}: model alone, one image on every thread'] = (
-                    lambda d=alone[runtime]: [d.score_images(x) for x, _ in batches])
-                for label, extra in (('overlays', []), ('--scores-only', ['--scores-only'])):
-                    argv = ['--action-type', 'predict', '--checkpoint', onnx_path, '--runtime', runtime.lower(),
-                            '--input', folder, '--no-cuda', '--workers', str(min(2, cores)), '-bs', '1',
-                            '--output-dir', os.path.join(root, f'command{side}')] + extra + (
-                        ['--openvino-cache', cache] if runtime == 'OpenVINO' else [])
+            command_rows(a, side, root, folder, paths, onnx_path, cache, alone, streamed, streams, batches,
+                         limits, rows)
 
-                    def command(argv=argv):
-                        with contextlib.redirect_stdout(io.StringIO()):
-                            if run_main(argv) != 0:
-                                raise RuntimeError(f'predict failed: {argv}')
-                    paths_timed[f'{runtime}: predict command, {label}'] = command
-                paths_timed[f'{runtime}: Python load_model(streams={streams}).predict(paths)'] = (
-                    lambda d=streamed[runtime]: d.predict(paths, batch_size=1))
-            for name, fn in paths_timed.items():  # a command's first run: the cold start (OpenVINO's cache empty)
-                if 'command' in name:
-                    with Timer('cpu') as cold:
-                        fn()
-                    first[name] = cold.seconds
-            seconds = interleaved(paths_timed, a.stage_rounds, 'cpu')
-            for runtime in runtimes:
-                baseline = f'{runtime}: model alone, one image on every thread'
-                for name, speed, ratio, notes in speed_rows({k: v for k, v in seconds.items() if k.startswith(runtime)},
-                                                            len(paths), baseline):
-                    limit = limits.get((runtime, name.rsplit(', ', 1)[-1]))
-                    note = f'{len(paths)} PNG files {side}px, batch 1'
-                    if name in first:
-                        note += (f'; {np.median([len(paths) / s for s in seconds[name]]) / limit:.2f}x of the limit; '
-                                 f'first run (cold cache) {len(paths) / first[name]:.1f} img/s')
-                    rows.append((f'{side}px {name}', speed, ratio, note))
+
+def stage_seconds(files, items, scored, detector, table, row, pictures, out, t) -> dict:
+    """Per stage of predict other than the model: (seconds per image measured alone, cores it keeps busy,
+    whether --scores-only runs it too)."""
+    import pickle
+    from utils.prediction_files import save_png
+    from utils.viz import decision_picture
+    from PIL import Image
+    return {  # name -> (seconds per image, cores it keeps busy, also with --scores-only)
+        'decode + resize + display copy': (time_each(lambda i: files[i], list(range(len(files)))), 1, True),
+        'hand-over to the main process (pickle)': (
+            time_each(lambda item: pickle.loads(pickle.dumps(item)), items), 1, True),
+        'decision + full-size mask': (time_each(lambda s: detector.result(s[2][0][0], s[2][1][0], s[1][3]),
+                                                scored), 1, True),
+        'table row (appended, fsync)': (time_each(lambda _: table.append([row]), items), 1, True),
+        'overlay composition': (time_each(lambda p: decision_picture(
+            p[0][2], p[1].model_map, p[1].mask, 2 * t.image, p[1].score, t.image,
+            p[1].thresholds['mask_threshold'], p[1].defective, 'thresholds: stored'), pictures), 1, False),
+        'overlay PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'o.png'), p[2]),
+                                                 pictures), 1, False),
+        'mask PNG encode + write': (time_each(lambda p: save_png(os.path.join(out, 'm.png'), Image.fromarray(
+            (p[1].mask * 255).astype(np.uint8))), pictures), 1, False),
+    }
+
+
+def command_rows(a, side, root, folder, paths, onnx_path, cache, alone, streamed, streams, batches, limits, rows):
+    """The stages section's interleaved rounds at one image size: the predict command (overlays, --scores-only),
+    the Python API and the model alone, per runtime, as rates and ratios to the model alone."""
+    import contextlib
+    import io
+    from main import main as run_main
+    cores = os.cpu_count() or 1
+    runtimes = tuple(alone)
+    paths_timed, first = {}, {}
+    for runtime in runtimes:
+        paths_timed[f'{runtime}: model alone, one image on every thread'] = (
+            lambda d=alone[runtime]: [d.score_images(x) for x, _ in batches])
+        for label, extra in (('overlays', []), ('--scores-only', ['--scores-only'])):
+            argv = ['--action-type', 'predict', '--checkpoint', onnx_path, '--runtime', runtime.lower(),
+                    '--input', folder, '--no-cuda', '--workers', str(min(2, cores)), '-bs', '1',
+                    '--output-dir', os.path.join(root, f'command{side}')] + extra + (
+                ['--openvino-cache', cache] if runtime == 'OpenVINO' else [])
+
+            def command(argv=argv):
+                with contextlib.redirect_stdout(io.StringIO()):
+                    if run_main(argv) != 0:
+                        raise RuntimeError(f'predict failed: {argv}')
+            paths_timed[f'{runtime}: predict command, {label}'] = command
+        paths_timed[f'{runtime}: Python load_model(streams={streams}).predict(paths)'] = (
+            lambda d=streamed[runtime]: d.predict(paths, batch_size=1))
+    for name, fn in paths_timed.items():  # a command's first run: the cold start (OpenVINO's cache empty)
+        if 'command' in name:
+            with Timer('cpu') as cold:
+                fn()
+            first[name] = cold.seconds
+    seconds = interleaved(paths_timed, a.stage_rounds, 'cpu')
+    for runtime in runtimes:
+        baseline = f'{runtime}: model alone, one image on every thread'
+        for name, speed, ratio, notes in speed_rows({k: v for k, v in seconds.items() if k.startswith(runtime)},
+                                                    len(paths), baseline):
+            limit = limits.get((runtime, name.rsplit(', ', 1)[-1]))
+            note = f'{len(paths)} PNG files {side}px, batch 1'
+            if name in first:
+                note += (f'; {np.median([len(paths) / s for s in seconds[name]]) / limit:.2f}x of the limit; '
+                         f'first run (cold cache) {len(paths) / first[name]:.1f} img/s')
+            rows.append((f'{side}px {name}', speed, ratio, note))
 
 
 def bench_encoders(a, rows):
@@ -465,9 +480,8 @@ def bench_encoders(a, rows):
     --compare-size, a timm encoder at timm's: custom_models.preprocessing), in one interleaved run: the
     norm-test pipeline (encoder, fused scorer, published maps) at batch --compare-images, and the predict
     model (calibrated, batch 1) under PyTorch and OpenVINO; ratios to ResNet-18's norm-test pipeline."""
-    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
+    from utils.images import IMAGENET_MEAN, IMAGENET_STD
     from custom_models.preprocessing import published_input
-    from custom_models.scoring import make_scorers as scorers_for
     from utils.export_onnx import OpenVinoModel, export_onnx
     paths, notes, sizes = {}, {}, {}
     tmp = tempfile.mkdtemp()
@@ -477,9 +491,8 @@ def bench_encoders(a, rows):
         images = torch.rand(a.compare_images, 3, size, size, generator=generator)
         make_demo_class(tmp, f'encoders{size}', image_size=size, n_train=8, n_test_good=1, n_test_defect=1)
         folder = os.path.join(tmp, f'encoders{size}', 'train', 'good')
-        encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'enc_arch': arch, 'device': 'cpu'}))
-        c = SimpleNamespace(scorer='fused', compile=False, condition_vec=CONDITION_VEC, device='cpu', fiber_chunk=65536)
-        built = scorers_for(c, decoders)
+        encoder, decoders = build_model(arch, a.pool_layers, a.coupling_blocks, 'cpu')
+        built = make_scorers(ScoreOptions(device='cpu'), decoders)
 
         def norm_test(encoder=encoder, built=built, images=images, size=size):
             with torch.inference_mode():
@@ -520,13 +533,10 @@ def tap_shapes_of(encoder, size):
 
 def bench_predict(a, rows):
     """Predict on a folder of image files: model-only paths interleaved, then the whole command."""
-    import contextlib
-    import io
-    from custom_datasets.inputs import ImageFiles, collate
-    from main import main as run_main
+    from custom_datasets.inputs import ImageFiles
     from utils.export_onnx import OnnxModel, OpenVinoModel, export_onnx
     from custom_models.model_file import LoadedModel, write_model
-    encoder, decoders = build_model(SimpleNamespace(**{**vars(a), 'device': 'cpu'}))
+    encoder, decoders = build_model(a.enc_arch, a.pool_layers, a.coupling_blocks, 'cpu')
     with tempfile.TemporaryDirectory() as root:
         make_demo_class(root, 'predict', image_size=a.predict_image_size, n_train=a.predict_images,
                         n_test_good=1, n_test_defect=1)
@@ -584,37 +594,47 @@ def bench_predict(a, rows):
                 rows.append((f'OpenVINO op times, {name}',
                              f'{sum(t for t, _ in times.values()):.1f} ms', '',
                              '; '.join(f'{part} {t:.1f} ms ({kernel})' for part, (t, kernel) in times.items())))
-        # the whole command: decode + resize in worker processes, score, write overlays, masks and tables
-        workers = min(2, os.cpu_count() or 1)
-        commands = {}
-        command_batch = int(str(a.predict_batch).split(',')[0])
-        for name, path, extra in (('predict command, PyTorch', checkpoint, []),
-                                  ('predict command, onnxruntime', onnx_path, []),
-                                  ('predict command, OpenVINO', onnx_path, ['--runtime', 'openvino']),
-                                  ('predict command, onnxruntime, --scores-only', onnx_path, ['--scores-only']),
-                                  ('predict command, OpenVINO, --scores-only', onnx_path,
-                                   ['--runtime', 'openvino', '--scores-only'])):
-            argv = ['--action-type', 'predict', '--checkpoint', path, '--input', folder, '--no-cuda',
-                    '--workers', str(workers), '-bs', str(command_batch), '--output-dir',
-                    os.path.join(root, 'out')] + extra
+        rows += predict_command_rows(a, root, folder, checkpoint, onnx_path)
 
-            def command(argv=argv):
-                with contextlib.redirect_stdout(io.StringIO()):
-                    if run_main(argv) != 0:
-                        raise RuntimeError(f'predict failed: {argv}')
-            commands[name] = command
-        loader = torch.utils.data.DataLoader(ImageFiles(list_images(folder), a.input_size),
-                                             batch_size=command_batch, num_workers=workers,
-                                             collate_fn=collate)
 
-        def load_only():
-            for _ in loader:
-                pass
-        commands[f'loading only ({workers} workers)'] = load_only
-        seconds = interleaved(commands, max(2, a.rounds // 2), 'cpu')
-        rows += speed_rows(seconds, a.predict_images, None,
-                           {k: f'{a.predict_images} PNG files {a.predict_image_size}px, batch {command_batch}'
-                            for k in commands})
+def predict_command_rows(a, root, folder, checkpoint, onnx_path) -> list:
+    """The whole predict command (decode + resize in worker processes, score, write overlays, masks and
+    tables) per runtime, interleaved with the loader alone."""
+    import contextlib
+    import io
+    from custom_datasets.inputs import ImageFiles, collate
+    from main import main as run_main
+    # the whole command: decode + resize in worker processes, score, write overlays, masks and tables
+    workers = min(2, os.cpu_count() or 1)
+    commands = {}
+    command_batch = int(str(a.predict_batch).split(',')[0])
+    for name, path, extra in (('predict command, PyTorch', checkpoint, []),
+                              ('predict command, onnxruntime', onnx_path, []),
+                              ('predict command, OpenVINO', onnx_path, ['--runtime', 'openvino']),
+                              ('predict command, onnxruntime, --scores-only', onnx_path, ['--scores-only']),
+                              ('predict command, OpenVINO, --scores-only', onnx_path,
+                               ['--runtime', 'openvino', '--scores-only'])):
+        argv = ['--action-type', 'predict', '--checkpoint', path, '--input', folder, '--no-cuda',
+                '--workers', str(workers), '-bs', str(command_batch), '--output-dir',
+                os.path.join(root, 'out')] + extra
+
+        def command(argv=argv):
+            with contextlib.redirect_stdout(io.StringIO()):
+                if run_main(argv) != 0:
+                    raise RuntimeError(f'predict failed: {argv}')
+        commands[name] = command
+    loader = torch.utils.data.DataLoader(ImageFiles(list_images(folder), a.input_size),
+                                         batch_size=command_batch, num_workers=workers,
+                                         collate_fn=collate)
+
+    def load_only():
+        for _ in loader:
+            pass
+    commands[f'loading only ({workers} workers)'] = load_only
+    seconds = interleaved(commands, max(2, a.rounds // 2), 'cpu')
+    return speed_rows(seconds, a.predict_images, None,
+                       {k: f'{a.predict_images} PNG files {a.predict_image_size}px, batch {command_batch}'
+                        for k in commands})
 
 
 def bench_sizes(a, rows):
@@ -719,7 +739,7 @@ def bench_training(a, rows):
     import contextlib
     import copy
     import io
-    from custom_models.training import train_meta_epoch
+    from custom_models.training import TrainOptions, train_meta_epoch
     modes = {'published': 'published loop (default Adam kernel)', 'fused': '--adam fused (default)',
              'deferred': '--adam deferred'}
     for enc in a.train_encoders.split(','):
@@ -733,12 +753,11 @@ def bench_training(a, rows):
         def trainer(mode: str):
             decoders = [d.to(a.device) for d in copy.deepcopy(start)]
             optimizer = torch.optim.Adam([p for d in decoders for p in d.parameters()], lr=2e-4)
-            c = SimpleNamespace(lr=2e-4, meta_epochs=25, sub_epochs=1, fiber_batch=256, condition_vec=CONDITION_VEC,
-                                device=a.device, adam=mode)
+            options = TrainOptions(sub_epochs=1, device=a.device, adam=mode)
 
             def one_batch(epoch=5):  # past the warm-up: every decoder already holds a gradient
                 with contextlib.redirect_stdout(io.StringIO()):
-                    train_meta_epoch(c, epoch, loader, encoder, decoders, optimizer)
+                    train_meta_epoch(options, epoch, loader, encoder, decoders, optimizer)
             return one_batch, decoders
 
         seconds = interleaved({name: trainer(mode)[0] for mode, name in modes.items()}, a.train_rounds, a.device)
@@ -769,7 +788,7 @@ def bench_threads(a, rows):
     import io
     import subprocess
     import sys
-    from custom_models.training import train_meta_epoch
+    from custom_models.training import TrainOptions, train_meta_epoch
     from utils.threads import ThreadPolicy
     torch.manual_seed(0)
     np.random.seed(0)
@@ -777,8 +796,7 @@ def bench_threads(a, rows):
     decoders = build_decoders('freia-cflow', encoder.encoder.pool_dims, 8)
     loader = [(torch.randn(32, 3, 128, 128), None, None) for _ in range(2)]
     optimizer = torch.optim.Adam([p for d in decoders for p in d.parameters()], lr=2e-4)
-    c = SimpleNamespace(lr=2e-4, meta_epochs=25, sub_epochs=1, fiber_batch=256, condition_vec=CONDITION_VEC,
-                        device='cpu', adam='fused')
+    options = TrainOptions(sub_epochs=1, device='cpu')
     default_threads = torch.get_num_threads()
 
     def sub_epoch(requested):
@@ -786,7 +804,7 @@ def bench_threads(a, rows):
             policy = ThreadPolicy(requested)
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    train_meta_epoch(c, 5, loader, encoder, decoders, optimizer, threads=policy)
+                    train_meta_epoch(options, 5, loader, encoder, decoders, optimizer, threads=policy)
             finally:
                 policy.restore()
         return run
@@ -844,7 +862,7 @@ def trained_demo_style_class(work: str, seed: int):
 
 def labelled_test_set(class_dir: str, side: int):
     """(test image paths, side x side ground-truth masks, image labels) of a class folder."""
-    from custom_datasets.common import read_mask, resize_mask
+    from utils.images import read_mask, resize_mask
     paths, truth = [], []
     for folder in sorted(os.listdir(os.path.join(class_dir, 'test'))):
         for name in sorted(os.listdir(os.path.join(class_dir, 'test', folder))):
@@ -855,15 +873,24 @@ def labelled_test_set(class_dir: str, side: int):
     return paths, np.stack(truth), np.array(['/good/' not in p for p in paths])
 
 
+def centroid_offsets(masks: np.ndarray, truth: np.ndarray, chosen: np.ndarray, scale: float):
+    """((mean dy, mean dx), mean distance, count) of the predicted masks' centroids from the true masks' over
+    the ``chosen`` images with a non-empty mask, times ``scale`` (model pixels to image pixels)."""
+    from scipy import ndimage
+    offsets = np.array([np.subtract(ndimage.center_of_mass(masks[i]), ndimage.center_of_mass(truth[i]))
+                        for i in np.flatnonzero(chosen) if masks[i].any()]) * scale
+    return tuple(offsets.mean(axis=0)), float(np.hypot(*offsets.T).mean()), len(offsets)
+
+
 def bench_masks(a, rows):
     """Calibrated masks against the best single pixel threshold chosen with the labels, on demo-style
     classes of unseen data seeds: resnet18 (random init) at 128 px, the demo's 4 x 4 epochs, 64 training
     images, calibrated on 32 other good images, 64 good and 32 defective test images. No label is used
     by the rule; the oracle uses them. Pixel F1 over every test pixel (a good decision: empty mask)."""
-    from utils.calibration import decisions, mask_threshold
+    from utils.calibration import decide_then_mask, decisions, mask_threshold
     from custom_models.model_file import read_model
     from custom_models.anomaly_model import AnomalyModel
-    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD, read_rgb, to_model_input
+    from utils.images import IMAGENET_MEAN, IMAGENET_STD, read_rgb, to_model_input
     results = []
     for seed in [int(s) for s in a.mask_seeds.split(',') if s]:
         work = tempfile.mkdtemp(prefix='bench_masks_')
@@ -877,19 +904,37 @@ def bench_masks(a, rows):
             maps, scores = (t.numpy() for t in model(images))
         calibration = loaded.calibration
         defective = decisions(scores, calibration)
-        ours = np.stack([maps[i] > mask_threshold(scores[i], calibration) if defective[i] else np.zeros_like(truth[i])
+        t_image = calibration['image_threshold']
+        ours = np.stack([decide_then_mask(maps[i], scores[i], t_image, mask_threshold(scores[i], calibration))[1]
                          for i in range(len(paths))])
-        stored = np.stack([maps[i] > calibration['pixel_threshold'] if defective[i] else np.zeros_like(truth[i])
+        stored = np.stack([decide_then_mask(maps[i], scores[i], t_image, calibration['pixel_threshold'])[1]
                            for i in range(len(paths))])
         oracle = oracle_pixel_f1(maps, truth)
+        stretched = AnomalyModel(loaded.encoder, loaded.decoders, 128, IMAGENET_MEAN, IMAGENET_STD,
+                                 {k: v for k, v in calibration.items() if k != 'cell_grids'}).eval()
+        with torch.inference_mode():
+            old_maps, old_scores = (t.numpy() for t in stretched(images))
+        old_masks = [decide_then_mask(old_maps[i], old_scores[i], t_image, mask_threshold(old_scores[i], calibration))[1]
+                     for i in range(len(paths))]
+        scale = 192 / 128  # centroids in the images' own pixels (the demo-style images are 192 px)
         results.append({'seed': seed, 'ours': pixel_f1(ours, truth), 'stored t_P': pixel_f1(stored, truth),
                         'oracle': oracle, 'fpr': float(defective[~labels].mean()),
-                        'recall': float(defective[labels].mean())})
+                        'recall': float(defective[labels].mean()),
+                        'centroids': centroid_offsets(ours, truth, defective & labels, scale),
+                        'stretched centroids': centroid_offsets(np.stack(old_masks), truth,
+                                                                decisions(old_scores, calibration) & labels, scale)})
         shutil.rmtree(work, ignore_errors=True)
     for r in results:
         rows.append((f'masks, seed {r["seed"]}', f'F1 {r["ours"]:.3f}', f'{r["ours"] / r["oracle"]:.2f}x',
                      f'of the oracle\'s {r["oracle"]:.3f} (one global threshold, with labels); the stored t_P alone '
                      f'{r["stored t_P"]:.3f}; image FPR {100 * r["fpr"]:.1f} %, recall {100 * r["recall"]:.1f} %'))
+        for name in ('centroids', 'stretched centroids'):
+            (dy, dx), distance, n = r[name]
+            rows.append((f'masks, seed {r["seed"]}, {name}', f'{distance:.2f} px', '',
+                         f'mean centroid distance from the true defects over {n} defective images; mean offset '
+                         f'dy {dy:+.2f}, dx {dx:+.2f} px (192-px images; '
+                         + ('cells on their receptive fields)' if name == 'centroids' else
+                            'the published stretch, same constants)')))
     if results:
         ratios = [r['ours'] / r['oracle'] for r in results]
         rows.append(('masks, over seeds', '', f'{np.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]',

@@ -11,9 +11,9 @@ loads wherever the authors' checkpoints load), or a compact ``.safetensors`` fil
 import os
 
 from custom_datasets.common import calibration_images
-from custom_models.scoring import calibrate_on_folder
 from utils.errors import CflowError
-from custom_models.model_file import model_settings, read_model, write_model
+from custom_models.model_file import read_model, write_model
+from actions import calibrate_on_folder, model_settings
 
 
 def default_output(checkpoint: str) -> str:

@@ -3,13 +3,14 @@ import argparse
 import datetime
 import os
 import sys
-from typing import Optional
+from typing import Optional, Tuple
 
 from PIL import Image
 
 # Import-light on purpose (``--help`` must not wait for torch): the heavy modules are
 # imported inside the functions that need them.
 from custom_models.architectures import DECODER_ARCHS, encoder_family, encoder_names_text
+from utils.threshold_options import check_threshold_options
 from utils.errors import CflowError
 from utils.results import model_name
 
@@ -18,6 +19,7 @@ DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitec
 FIBER_BATCH = 256  # N: fibers per training step, as published
 ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export')
 DEPLOY_ACTIONS = ('calibrate', 'predict', 'export')  # a model file in, no dataset
+EXPORTED_SUFFIXES = ('.onnx', '.xml')  # an exported graph: predict runs it, the weights are not in it
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
 DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
@@ -56,7 +58,15 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(description='CFLOW-AD: anomaly detection and localization with conditional flows')
-    # The published flags, with the published defaults.
+    add_published_flags(p.add_argument_group("the published flags (the authors' names and defaults)"))
+    add_run_flags(p.add_argument_group('data, runs and model files'))
+    add_predict_flags(p.add_argument_group('predict'))
+    add_deployment_flags(p.add_argument_group('calibrate and export'))
+    add_speed_flags(p.add_argument_group('speed (the same results, or opt-in fast modes that change them slightly)'))
+    return p
+
+
+def add_published_flags(p) -> None:
     p.add_argument('--dataset', default='mvtec', type=str, metavar='NAME',
                    help=f'dataset: {"/".join(DATASETS)} (default: mvtec)')
     p.add_argument('--checkpoint', default='', type=str, metavar='FILE',
@@ -97,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-cuda', action='store_true', default=False, help='disables CUDA training')
     p.add_argument('--video-path', default='.', type=str, metavar='FILE',
                    help='video file path (the published video demo; not supported here)')
-    # Added by this implementation.
+
+
+def add_run_flags(p) -> None:
     p.add_argument('--data-path', default=None, type=str, metavar='DIR',
                    help='dataset folder (default: ./data/MVTec-AD, ./data/STC/shanghaitech or ./data/demo)')
     p.add_argument('--seed', default=None, type=int, metavar='N',
@@ -109,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help='defect-free images not used for training (any folder, recursively): norm-train and '
                         'calibrate take the per-image normalisation and thresholds from them (default after '
                         'norm-train: the training images, an optimistic threshold)')
+    p.add_argument('--encoder-weights', default=None, type=str, metavar='PATH',
+                   help="torchvision state-dict file of the encoder, or 'none' for a seeded random init "
+                        '(default: torchvision IMAGENET1K_V1, downloaded or from the torch hub cache)')
+    p.add_argument('--output-dir', default='.', type=str, metavar='DIR',
+                   help='where results/, weights/ and viz/ are written (default: .)')
+    p.add_argument('--max-image-pixels', default=Image.MAX_IMAGE_PIXELS, type=int, metavar='N',
+                   help=f'largest image Pillow will open (its decompression-bomb guard; default: '
+                        f'{Image.MAX_IMAGE_PIXELS})')
+
+
+def add_predict_flags(p) -> None:
     p.add_argument('--input', default=None, metavar='PATH',
                    help='predict: an image, a folder of images (recursively) or a video file')
     p.add_argument('--scores-only', action='store_true', default=False,
@@ -131,12 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--overlay-format', default='png', choices=('png', 'jpg'),
                    help='predict: overlays as lossless PNG (default) or as JPEG (quality 90, about 10x faster '
                         'to write); masks are always PNG')
-    p.add_argument('--quantize', default=None, choices=('int8',),
-                   help='export: an INT8 OpenVINO model (--output NAME.xml, + .bin) by post-training quantization (NNCF), '
-                        'ranges and thresholds from --calibration-path (BENCHMARKS.md has its cost in quality)')
-    p.add_argument('--quantize-scope', default='encoder', choices=('encoder', 'flows', 'both'),
-                   help='export --quantize: what is quantized: the encoder\'s convolutions, the flows\' matrix '
-                        'products, or both (default: encoder, the one that kept the quality; BENCHMARKS.md)')
     p.add_argument('--image-threshold', default=None, type=float, metavar='T',
                    help='predict: decide defective above this image score instead of the stored t_I')
     p.add_argument('--pixel-threshold', default=None, type=float, metavar='T',
@@ -144,17 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--sensitivity', default=None, type=float, metavar='S',
                    help='predict: divide both stored thresholds by S: 2 = twice as sensitive (more images flagged, '
                         'larger masks), 0.5 = half as sensitive, 1 = stored (default: the stored thresholds)')
+
+
+def add_deployment_flags(p) -> None:
     p.add_argument('--output', default=None, metavar='FILE',
                    help='export: model.onnx (ONNX graph) or model.safetensors (compact file); calibrate: the '
                         'calibrated model file (default: beside --checkpoint, *_calibrated.pt|.safetensors)')
-    p.add_argument('--max-image-pixels', default=Image.MAX_IMAGE_PIXELS, type=int, metavar='N',
-                   help=f'largest image Pillow will open (its decompression-bomb guard; default: '
-                        f'{Image.MAX_IMAGE_PIXELS})')
-    p.add_argument('--encoder-weights', default=None, type=str, metavar='PATH',
-                   help="torchvision state-dict file of the encoder, or 'none' for a seeded random init "
-                        '(default: torchvision IMAGENET1K_V1, downloaded or from the torch hub cache)')
-    p.add_argument('--output-dir', default='.', type=str, metavar='DIR',
-                   help='where results/, weights/ and viz/ are written (default: .)')
+    p.add_argument('--quantize', default=None, choices=('int8',),
+                   help='export: an INT8 OpenVINO model (--output NAME.xml, + .bin) by post-training quantization (NNCF), '
+                        'ranges and thresholds from --calibration-path (BENCHMARKS.md has its cost in quality)')
+    p.add_argument('--quantize-scope', default='encoder', choices=('encoder', 'flows', 'both'),
+                   help='export --quantize: what is quantized: the encoder\'s convolutions, the flows\' matrix '
+                        'products, or both (default: encoder, the one that kept the quality; BENCHMARKS.md)')
+
+
+def add_speed_flags(p) -> None:
     p.add_argument('--fiber-chunk', default=65536, type=int, metavar='N',
                    help='fibers per decoder call at test time; only memory use changes (default: 65536)')
     p.add_argument('--test-cache-mb', default=4096, type=float, metavar='MB',
@@ -177,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', default=None, type=int, metavar='N',
                    help='CPU threads for torch, fixed (default: the cores other processes leave free, '
                         're-measured every 2 s while training)')
-    return p
-
 
 def select_device(c) -> str:
     """The torch device to use, with a one-line notice where it is not the asked-for one."""
@@ -255,21 +274,6 @@ def check_checkpoint_name(c) -> None:
                      f'{c.input_size}: pass -inp {named["inp"]} (or rename the file if its name is wrong)')
 
 
-def apply_model_file_settings(c) -> dict:
-    """What the model file states (settings and calibration: ``custom_models.model_file.stated_settings``)
-    wins over defaults and must agree with flags the user passed: applied here, once, before any
-    action runs. ``c.calibration`` is the file's calibration, or None. An uncalibrated authors'
-    checkpoint states only its architecture, through its weights: taken for calibrate, predict
-    and export; norm-test takes the flags, as published, and its loader checks them one by one."""
-    from custom_models.model_file import stated_settings
-    if c.checkpoint.endswith(('.pt', '.pth')):
-        check_checkpoint_name(c)
-    settings, c.calibration = stated_settings(c.checkpoint, weights_architecture=c.action_type in DEPLOY_ACTIONS,
-                                             preferred_arch=c.enc_arch if 'enc_arch' in c.given else None)
-    apply_file_settings(c, settings, c.checkpoint)
-    return settings
-
-
 def apply_encoder_input(c, stated: dict) -> None:
     """The image size and normalisation the encoder is fed (``custom_models.preprocessing``): what the
     model file states, else the published rule. ``c.run_input_size`` keeps -inp, which names the run."""
@@ -302,14 +306,10 @@ def encoder_weights_choice(c) -> str:
     return 'imagenet'
 
 
-def onnx_precision_note(path: str) -> str:
-    """' (an INT8 quantized export: ...)' for a quantized export (.xml), so it is never taken for an fp32 one; else ''."""
-    from utils.export_onnx import model_metadata
-    try:
-        calibration = model_metadata(path)[1]
-    except (CflowError, OSError, ValueError):
-        return ''
-    if calibration.get('precision', 'fp32') == 'fp32':
+def precision_note(calibration: Optional[dict]) -> str:
+    """' (an INT8 quantized export of its encoder: ...)' for a quantized export, so it is never taken for an fp32
+    one; else ''."""
+    if not calibration or calibration.get('precision', 'fp32') == 'fp32':
         return ''
     return (f' (an {calibration["precision"].upper()} quantized export of its {calibration.get("quantized", "?")}: '
             f'its scores are not the fp32 model\'s)')
@@ -323,16 +323,10 @@ def given_flags(argv) -> set:
     return set(vars(probe.parse_args(argv)))
 
 
-def derive(c, given: Optional[set] = None) -> Settings:
-    """Check the flags and add the settings the published code derives from them.
-
-    ``given``: the flags the user passed (for the demo's defaults); None = all of them.
-    """
-    from custom_datasets.common import IMAGENET_MEAN, IMAGENET_STD
-    from custom_datasets.stc import STC_MEAN, STC_STD
-    from custom_models.encoders import input_size_fits, smallest_input_size
-    from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
-    c = Settings(**vars(c))
+def check_flags(args, given: Optional[set] = None) -> Settings:
+    """The flags checked, with the demo's defaults and the default data folder: everything that needs no
+    model file. ``given``: the flags the user passed (for the demo's defaults); None = all of them."""
+    c = Settings(**vars(args))
     given = set(vars(c)) if given is None else given
     c.given = sorted(given)  # the flags the user passed: a model file's own settings win over defaults only
     if c.dataset not in DATASETS:
@@ -348,12 +342,26 @@ def derive(c, given: Optional[set] = None) -> Settings:
         raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
     if c.action_type != 'norm-train' and not c.checkpoint:
         raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
-    if c.checkpoint.endswith(('.onnx', '.xml')) and c.action_type != 'predict':
-        raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
-                         f'{c.checkpoint}{onnx_precision_note(c.checkpoint)}: pass the checkpoint it was exported from')
-    if c.checkpoint.endswith(('.onnx', '.xml')) and c.calibration_path:
+    if c.checkpoint.endswith(EXPORTED_SUFFIXES) and c.calibration_path:
         raise CflowError(f'{c.checkpoint} holds the calibration it was exported with: drop --calibration-path, or '
                          f'calibrate the checkpoint and export it again')
+    check_action_flags(c)
+    check_counts(c)
+    if c.action_type == 'norm-train' and c.checkpoint:
+        raise CflowError('--checkpoint is for norm-test (the published code ignores it when training, and a '
+                         'warm start would silently restart the schedule): drop --checkpoint, or pass '
+                         '--action-type norm-test')
+    if c.data_path is None:
+        if c.dataset not in DEFAULT_DATA_PATHS:
+            raise CflowError(f'--dataset {c.dataset} needs --data-path DIR (the folder holding the class folders)')
+        c.data_path = DEFAULT_DATA_PATHS[c.dataset]
+    if c.action_type == 'norm-test':
+        c.meta_epochs = 1  # as published: one test pass
+    return c
+
+
+def check_action_flags(c) -> None:
+    """Flags that belong to one action (predict's, export's) given to another, or missing where needed."""
     if c.action_type == 'predict' and not c.input:
         raise CflowError('--action-type predict needs --input PATH (an image, a folder or a video)')
     predict_only = [flag for flag, dest in (('--runtime', 'runtime'), ('--sensitivity', 'sensitivity'),
@@ -366,11 +374,10 @@ def derive(c, given: Optional[set] = None) -> Settings:
                          f'or pass --action-type predict')
     if c.action_type == 'predict' and c.streams is not None and c.streams < 1:
         raise CflowError(f'--streams {c.streams}: pass 1 or more (1 = one image at a time on every thread)')
-    if c.action_type == 'predict' and c.streams is not None and not c.checkpoint.endswith(('.onnx', '.xml')):
+    if c.action_type == 'predict' and c.streams is not None and not c.checkpoint.endswith(EXPORTED_SUFFIXES):
         raise CflowError('--streams is for an exported .onnx (onnxruntime or OpenVINO): drop it, or export the '
                          'model with --action-type export --output model.onnx')
     if c.action_type == 'predict':
-        from custom_models.detector import check_threshold_options
         check_threshold_options(c.image_threshold, c.pixel_threshold, c.sensitivity)
     if c.quantize and c.action_type != 'export':
         raise CflowError('--quantize is for --action-type export (it writes an INT8 OpenVINO .xml): drop it, or pass '
@@ -383,6 +390,9 @@ def derive(c, given: Optional[set] = None) -> Settings:
                          f'(e.g. model_int8.xml)')
     if c.action_type == 'export' and not c.output:
         raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
+
+
+def check_counts(c) -> None:
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
                         ('-inp/--input-size', c.input_size), ('-bs/--batch-size', c.batch_size),
                         ('--meta-epochs', c.meta_epochs), ('--sub-epochs', c.sub_epochs),
@@ -391,45 +401,52 @@ def derive(c, given: Optional[set] = None) -> Settings:
             raise CflowError(f'{flag} must be at least 1, got {value}')
     if c.pool_layers > 3:
         raise CflowError(f'-pl/--pool-layers is at most 3, got {c.pool_layers}')
-    if c.action_type == 'norm-train' and c.checkpoint:
-        raise CflowError('--checkpoint is for norm-test (the published code ignores it when training, and a '
-                         'warm start would silently restart the schedule): drop --checkpoint, or pass '
-                         '--action-type norm-test')
-    if c.data_path is None:
-        if c.dataset not in DEFAULT_DATA_PATHS:
-            raise CflowError(f'--dataset {c.dataset} needs --data-path DIR (the folder holding the class folders)')
-        c.data_path = DEFAULT_DATA_PATHS[c.dataset]
-    if c.action_type == 'norm-test':
-        c.meta_epochs = 1  # as published: one test pass
+
+
+def model_file_request(c) -> Optional[Tuple[str, bool, Optional[str]]]:
+    """What to read of the model file, or None when the action reads none (norm-train): (path, whether its
+    weights state the architecture (calibrate, predict, export), the -enc given to prefer)."""
+    if not c.checkpoint or c.action_type == 'norm-train':
+        return None
+    return c.checkpoint, c.action_type in DEPLOY_ACTIONS, c.enc_arch if 'enc_arch' in c.given else None
+
+
+def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Settings:
+    """The settings the published code derives from the flags checked by ``check_flags``, with what the
+    model file states (``stated`` = (settings, calibration), read by the caller: ``actions.read_settings``)
+    winning over defaults. Returns them frozen."""
+    from utils.images import IMAGENET_MEAN, IMAGENET_STD
+    from custom_datasets.stc import STC_MEAN, STC_STD
+    from custom_models.encoders import input_size_fits, smallest_input_size
+    from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
+    if c.checkpoint.endswith(EXPORTED_SUFFIXES) and c.action_type != 'predict':
+        raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
+                         f'{c.checkpoint}{precision_note(stated[1])}: pass the checkpoint it was exported from')
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)
-    c.calibration = None
-    stated = {}
-    if c.checkpoint and c.action_type != 'norm-train':
-        stated = apply_model_file_settings(c)  # the file's settings and calibration win over the defaults
-    apply_encoder_input(c, stated)
+    c.calibration = stated[1]
+    if model_file_request(c) is not None:
+        if c.checkpoint.endswith(('.pt', '.pth')):
+            check_checkpoint_name(c)
+        apply_file_settings(c, stated[0], c.checkpoint)  # the file's settings and calibration win over the defaults
+    apply_encoder_input(c, stated[0])
     if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
                          f'smaller than the network\'s padding; pass -inp '
                          f'{smallest_input_size(c.enc_arch, c.pool_layers)} or more')
-    c.img_size = (c.input_size, c.input_size)
-    c.crp_size = (c.input_size, c.input_size)
-    c.condition_vec = CONDITION_VEC
-    c.clamp_alpha = CLAMP_ALPHA
-    c.fiber_batch = FIBER_BATCH
+    c.img_size = c.crp_size = (c.input_size, c.input_size)
+    c.condition_vec, c.clamp_alpha, c.fiber_batch = CONDITION_VEC, CLAMP_ALPHA, FIBER_BATCH
     c.model = model_name(c.dataset, c.enc_arch, c.dec_arch, c.pool_layers, c.coupling_blocks, c.run_input_size,
                          c.run_name, c.class_name)
     if c.seed is None:
         c.seed = c.run_name  # -run 0..3 are four different, reproducible runs
-    Image.MAX_IMAGE_PIXELS = c.max_image_pixels
     # The published date with '-' for ':' (file names must work on Windows too).
     c.run_date = datetime.datetime.now().strftime('%Y-%m-%d-%H-%M-%S')
-    if c.action_type == 'predict' and 'output_dir' not in given:
+    if c.action_type == 'predict' and 'output_dir' not in c.given:
         c.output_dir = default_predict_dir(c.input)
     c.results_dir = os.path.join(c.output_dir, 'results')
     c.weights_dir = os.path.join(c.output_dir, 'weights')
     c.device = 'cpu' if c.action_type == 'export' else select_device(c)  # exported files are device-free
     c.encoder_source = encoder_weights_choice(c)
-    apply_arithmetic(c)
     return c.freeze()
 
 
@@ -439,17 +456,31 @@ def default_predict_dir(input_path: str) -> str:
     return os.path.join('predictions', name)
 
 
-def apply_arithmetic(c) -> None:
-    """One arithmetic for every action (train, test, calibrate, predict, export), set once here:
-    full fp32 unless --tf32 (PyTorch lets cuDNN convolutions run in TF32 unless told otherwise,
-    so thresholds and maps would come from other arithmetic than training), and --threads."""
+def apply_process_settings(c) -> None:
+    """Process-wide set-up, once, by the entry point: Pillow's decompression-bomb limit, and one arithmetic
+    for every action (train, test, calibrate, predict, export): full fp32 unless --tf32 (PyTorch lets cuDNN
+    convolutions run in TF32 unless told otherwise, so thresholds and maps would come from other arithmetic
+    than training), and --threads."""
     import torch
+    Image.MAX_IMAGE_PIXELS = c.max_image_pixels
     torch.backends.cuda.matmul.allow_tf32 = c.tf32
     torch.backends.cudnn.allow_tf32 = c.tf32
     if c.threads is not None:
         torch.set_num_threads(c.threads)
 
 
-def parse_config(argv=None) -> Settings:
+def checked_flags(argv=None) -> Settings:
+    """The command line's flags, checked (``check_flags``); --help and a bad flag end here, before any heavy
+    import."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return derive(build_parser().parse_args(argv), given_flags(argv))
+    return check_flags(build_parser().parse_args(argv), given_flags(argv))
+
+
+def parse_config(argv=None) -> Settings:
+    """argv -> frozen settings, for a command line without a model file to read (this module reads no file:
+    with --checkpoint, use ``actions.read_settings``, which reads it once and derives the rest)."""
+    c = checked_flags(argv)
+    if model_file_request(c) is not None:
+        raise CflowError(f'--checkpoint {c.checkpoint}: its model file must be read first: use '
+                         f'actions.read_settings(argv) (main.py does)')
+    return derive(c)

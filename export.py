@@ -13,9 +13,10 @@ import tempfile
 
 from custom_datasets.common import calibration_images
 from custom_models.detector import uncalibrated
-from custom_models.scoring import calibrate_on_folder, deployable
+from custom_models.scoring import deployable
 from utils.errors import CflowError
-from custom_models.model_file import model_settings, read_model, write_model
+from custom_models.model_file import read_model, write_model
+from actions import calibrate_on_folder, model_settings
 
 
 def run_export(c) -> dict:

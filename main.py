@@ -26,11 +26,14 @@ def action(name: str):
 
 
 def main(argv=None) -> int:
-    from config import parse_config
+    from config import apply_process_settings, checked_flags, derive
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        c = parse_config(argv)
+        c = checked_flags(argv)  # --help and a bad flag end here, before torch is imported
+        from actions import model_file_statement
+        c = derive(c, model_file_statement(c))  # the model file read once; the action gets what it states
+        apply_process_settings(c)
         action(c.action_type)(c)
     except CflowError as exc:  # also when a DataLoader worker re-raised it
         print(f'error: {user_message(exc)}', file=sys.stderr)

@@ -27,6 +27,7 @@ are never taken as inputs (DIR may sit inside the input folder).
 import json
 import os
 import time
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -34,11 +35,11 @@ from PIL import Image
 from custom_datasets.inputs import image_batches, resolve_input, unreadable, video_batches, video_info
 from custom_models import load_model
 from custom_models.detector import Detector, choose_thresholds, detector_from_model
-from custom_models.scoring import calibrate_on_folder
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
 from utils.export_onnx import EXPORTED
-from custom_models.model_file import model_settings, read_model
+from custom_models.model_file import read_model
+from actions import calibrate_on_folder, model_settings
 from utils.progress import count, progress
 from utils.pipeline import automatic_streams
 from utils.prediction_files import BackgroundWriter, PredictionTable, save_overlay, save_png
@@ -163,6 +164,21 @@ def overlay_name(name: str, overlay_format: str) -> str:
     return name if overlay_format == 'png' else name[:-len('png')] + overlay_format
 
 
+def readable_batches(batches, n_batches: Optional[int], skipped: list):
+    """(images, items) of ``batches`` without the unreadable images, each reported with a warning and
+    appended to ``skipped``."""
+    for images, items in progress(batches, total=n_batches, desc='predict'):
+        for item in items:
+            if unreadable(item):
+                print(f'Warning: skipped {item[0]}: {item[3]}')
+                skipped.append({'source': item[0], 'error': item[3]})
+        keep = [i for i, item in enumerate(items) if not unreadable(item)]
+        if len(keep) == len(items):
+            yield images, items
+        elif keep:
+            yield images[keep], [items[i] for i in keep]
+
+
 def run_predict(c) -> dict:
     kind, source = resolve_input(c.input, c.output_dir)
     writable_output_dir(c.output_dir)
@@ -185,20 +201,9 @@ def run_predict(c) -> dict:
     start = time.time()
     status, error = 'failed', None
     writer = BackgroundWriter()
-
-    def readable_batches():  # (images, items) without the unreadable images, which are reported
-        for images, items in progress(batches, total=-(-total // c.batch_size) if total else None, desc='predict'):
-            for item in items:
-                if unreadable(item):
-                    print(f'Warning: skipped {item[0]}: {item[3]}')
-                    skipped.append({'source': item[0], 'error': item[3]})
-            keep = [i for i, item in enumerate(items) if not unreadable(item)]
-            if len(keep) == len(items):
-                yield images, items
-            elif keep:
-                yield images[keep], [items[i] for i in keep]
     try:
-        for kept, maps, scores in detector.score_batches(readable_batches()):
+        readable = readable_batches(batches, -(-total // c.batch_size) if total else None, skipped)
+        for kept, maps, scores in detector.score_batches(readable):
             rows = []
             for j, (src, frame, display, size) in enumerate(kept):
                 result = detector.result(maps[j], scores[j], size)

@@ -45,10 +45,10 @@ def expected_signature(argv: List[str]) -> dict:
     defaults (the seed from -run, the demo's sizes, the data folder) count too."""
     import contextlib
     import io
-    from config import build_parser, derive, given_flags
+    from actions import read_settings
     from utils.results import run_signature
     with contextlib.redirect_stdout(io.StringIO()):
-        c = derive(build_parser().parse_args(argv + ['--no-cuda']), given_flags(argv))
+        c = read_settings(argv + ['--no-cuda'])
     return run_signature(vars(c))
 
 

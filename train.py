@@ -13,19 +13,22 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from actions import (calibrate_images, calibrate_on_folder, data_options, loader_options, model_settings,
+                     score_options, train_options)
 from custom_datasets import build_datasets
-from custom_datasets.common import calibration_images, read_rgb, require_defect_pixels
+from custom_datasets.common import calibration_images, require_defect_pixels
+from utils.images import read_rgb
 from custom_datasets.loaders import ReplayLoader, make_loader
 from custom_models.encoders import build_encoder, input_size_fits, smallest_input_size, tap_shapes
 from custom_models.flows import build_decoders
-from custom_models.scoring import TestScores, calibrate_images, calibrate_on_folder, score_loader
+from custom_models.scoring import TestScores, score_loader
 from custom_models.training import train_meta_epoch
 from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
 from utils.calibration import CALIBRATION_KEY, decision_quality, f1_optimal_threshold
 from custom_models.checkpoint import save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
-from custom_models.model_file import model_settings, read_model
+from custom_models.model_file import read_model
 from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
 from utils.progress import count
 from utils.threads import ThreadPolicy
@@ -143,7 +146,7 @@ def build_model(c):
 
 def run(c) -> dict:
     """Train (or load) and test as the flags say; write results and checkpoints."""
-    train_set, test_set = build_datasets(c)
+    train_set, test_set = build_datasets(data_options(c))
     labelled = test_set is not None  # else good images only: no test pass, no metrics
     if labelled:
         require_both_classes(test_set.y)  # before any training, not after the first epoch
@@ -152,20 +155,15 @@ def run(c) -> dict:
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / '
           f'{count(len(test_set) if labelled else 0, "test image")}')
-    test_loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb) if labelled else None
-    optimizer, train_loader, threads, calibration_paths = None, None, None, None
+    test_loader = ReplayLoader(make_loader(test_set, False, loader_options(c)), c.test_cache_mb) if labelled else None
+    calibration_paths = None
     if c.action_type == 'norm-train' and c.calibration_path:
         calibration_paths = calibration_images(c.calibration_path)  # a typo or bad image costs no training
     elif getattr(train_set, 'calibration_images', None):
         calibration_paths = train_set.calibration_images
-    if c.action_type == 'norm-train':
-        check_fiber_count(c, encoder, len(train_set))
-        params = [p for decoder in decoders for p in decoder.parameters()]
-        optimizer = torch.optim.Adam(params, lr=c.lr)
-        train_loader = make_loader(c, train_set, train=True)
-        threads = ThreadPolicy(c.threads)
+    optimizer, train_loader, threads = training_setup(c, encoder, decoders, train_set)
 
-    run_files = reserve_run(c)
+    run_files = reserve_run(c.output_dir, c.model, c.run_date)
     calibration = c.calibration  # norm-test: the model file's; norm-train: made after training
     observers = {name: ScoreObserver(name) for name in METRIC_NAMES}
     history, checkpoints = [], []
@@ -177,15 +175,15 @@ def run(c) -> dict:
             if optimizer is not None:
                 print(f'Train meta epoch: {epoch}')
                 try:
-                    train_loss = train_meta_epoch(c, epoch, train_loader, encoder, decoders, optimizer,
+                    train_loss = train_meta_epoch(train_options(c), epoch, train_loader, encoder, decoders, optimizer,
                                                   threads=threads)
                 finally:  # the test pass and whatever runs next in this process get the usual threads
                     threads.restore()
             if not labelled:
                 history.append({'epoch': epoch, 'train_loss': train_loss})
-                write_results(c, run_files, observers, history, checkpoints, status='running')
+                write_results(c.items(), run_files, observers, history, checkpoints, status='running')
                 continue
-            scores = score_loader(c, test_loader, encoder, decoders)
+            scores = score_loader(score_options(c), test_loader, encoder, decoders)
             print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
             maps, image_score, metrics = evaluate(c, scores)
             improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()}
@@ -199,7 +197,7 @@ def run(c) -> dict:
             if calibration is not None:  # norm-test of a calibrated model
                 history[-1]['calibrated'] = evaluate_calibrated(c, scores, calibration)
                 print_calibrated(history[-1]['calibrated'])
-            write_results(c, run_files, observers, history, checkpoints, status='running')
+            write_results(c.items(), run_files, observers, history, checkpoints, status='running')
         if optimizer is not None:
             final_path = run_files.checkpoint('_final')
             save_checkpoint(final_path, encoder, decoders)  # the model first: calibration must not cost it
@@ -209,28 +207,44 @@ def run(c) -> dict:
                                           history)
     except BaseException as exc:  # Ctrl-C or an error: keep what was done, marked as not complete
         status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
-        files = write_results(c, run_files, observers, history, checkpoints, status=status,
+        files = write_results(c.items(), run_files, observers, history, checkpoints, status=status,
                               extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
         kept = f'checkpoints {", ".join(checkpoints)}' if checkpoints else 'no checkpoint'
         print(f'Run {status} after {len(history)} of {c.meta_epochs} tested epochs: kept {files["json"]} '
               f'(status "{status}") and {kept}; no results .txt line (it is written for complete runs only)')
         raise
-    files = write_results(c, run_files, observers, history, checkpoints)
+    files = write_results(c.items(), run_files, observers, history, checkpoints)
     print_summary(c, observers, history)
     if c.viz and labelled:
-        from utils.viz import save_visualizations
-        if calibration is not None:  # the pictures predict draws: calibrated maps, stored thresholds
-            viz_maps = calibrated_maps(scores.log_probs, c.crp_size, calibration)
-            viz_scores = image_scores(viz_maps)
-        else:
-            viz_maps, viz_scores = maps, image_score
-        files['viz'] = save_visualizations(c, run_files.viz_dir, test_set, viz_maps, viz_scores, scores.labels,
-                                          scores.masks, epoch=history[-1]['epoch'], read_image=read_rgb,
-                                          calibration=calibration)
-        print(f'Visualizations in {files["viz"]}')
+        files['viz'] = visualize(c, run_files.viz_dir, test_set.x, scores, maps, image_score, calibration,
+                                 history[-1]['epoch'])
     print(f'Results in {", ".join(files[k] for k in ("text", "json") if k in files)}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
             'maps': maps, 'scores': image_score, 'labels': scores.labels if scores else None}
+
+
+def training_setup(c, encoder, decoders, train_set):
+    """(optimizer, training loader, thread policy) for norm-train: the published one Adam over every
+    decoder; (None, None, None) for norm-test."""
+    if c.action_type != 'norm-train':
+        return None, None, None
+    check_fiber_count(c, encoder, len(train_set))
+    optimizer = torch.optim.Adam([p for decoder in decoders for p in decoder.parameters()], lr=c.lr)
+    return optimizer, make_loader(train_set, True, loader_options(c)), ThreadPolicy(c.threads)
+
+
+def visualize(c, folder: str, paths, scores: TestScores, maps, image_score, calibration: Optional[dict],
+              epoch: int) -> str:
+    """--viz: the pictures predict draws (calibrated maps, stored thresholds) for a calibrated model, else
+    the published maps with the oracle thresholds; returns the folder."""
+    from utils.viz import save_visualizations
+    if calibration is not None:
+        maps = calibrated_maps(scores.log_probs, c.crp_size, calibration)
+        image_score = image_scores(maps)
+    folder = save_visualizations(c.class_name, folder, paths, maps, image_score, scores.labels, scores.masks,
+                                 epoch=epoch, read_image=read_rgb, calibration=calibration)
+    print(f'Visualizations in {folder}')
+    return folder
 
 
 OPTIMISTIC = ('training images: the flows were fitted to them, so this threshold is optimistic '

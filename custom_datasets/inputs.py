@@ -10,7 +10,8 @@ from typing import Iterator, List, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive, read_rgb, to_model_input
+from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive
+from utils.images import read_rgb, to_model_input
 from custom_datasets.stc import import_av
 from utils.errors import CflowError
 from utils.viz import display_copy

@@ -1,4 +1,6 @@
 """Data loaders: the published loader settings, and replay of deterministic test passes."""
+from dataclasses import dataclass
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -22,14 +24,25 @@ class SeededShuffle(Sampler):
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
-def make_loader(c, dataset, train: bool) -> DataLoader:
+@dataclass(frozen=True)
+class LoaderOptions:
+    """``-bs``, ``--workers``, the seed of the training order, and pinned memory (for a CUDA device)."""
+    batch_size: int = 32
+    workers: int = 0
+    seed: int = 0
+    pin_memory: bool = False
+
+
+def make_loader(dataset, train: bool, options: LoaderOptions) -> DataLoader:
+    """The published loader: training batches shuffled (seeded, ``SeededShuffle``), incomplete ones dropped;
+    test batches in order."""
     # Training workers live across sub-epochs (200 passes by default) instead of restarting.
-    kwargs = dict(num_workers=c.workers, pin_memory=c.device.startswith('cuda'),
-                  persistent_workers=train and c.workers > 0)
+    kwargs = dict(num_workers=options.workers, pin_memory=options.pin_memory,
+                  persistent_workers=train and options.workers > 0)
     if not train:
-        return DataLoader(dataset, batch_size=c.batch_size, shuffle=False, **kwargs)
-    generator = torch.Generator().manual_seed(c.seed)
-    return DataLoader(dataset, batch_size=c.batch_size, sampler=SeededShuffle(len(dataset), generator),
+        return DataLoader(dataset, batch_size=options.batch_size, shuffle=False, **kwargs)
+    generator = torch.Generator().manual_seed(options.seed)
+    return DataLoader(dataset, batch_size=options.batch_size, sampler=SeededShuffle(len(dataset), generator),
                       drop_last=True, **kwargs)
 
 

@@ -6,7 +6,7 @@
     result.score, result.defective, result.mask          # or a 3 x H x W float tensor in [0, 1]
     results = model.predict([path, image, array], batch_size=8)
 
-Every input is resized the published way (``custom_datasets.common.to_model_input``), scored by
+Every input is resized the published way (``utils.images.to_model_input``), scored by
 the calibrated model (``custom_models.scoring.deployable``, or its ONNX export), and given back
 at its own size: the anomaly map (bilinear from the model's inp x inp map), the decision
 (score > t_I) and the mask (A > t_M at the model's resolution, nearest-resized; empty when
@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from custom_datasets.common import read_rgb, resize_mask, to_model_input, to_rgb
+from utils.images import read_rgb, resize_mask, to_model_input, to_rgb
 from custom_models.scoring import deployable
-from utils.calibration import MASK_PEAK_SHARE, mask_threshold
+from utils.calibration import MASK_PEAK_SHARE, decide_then_mask, mask_threshold
 from utils.errors import CflowError
+from utils.threshold_options import check_threshold_options
 from utils.export_onnx import OnnxModel, OpenVinoModel
 from utils.pipeline import ordered_map, read_ahead
 from utils.quantize import precision_of
@@ -54,19 +55,6 @@ class Thresholds:
     def as_dict(self) -> dict:
         return {'image_threshold': self.image, 'pixel_threshold': self.pixel,
                 'mask_peak_share': self.mask_peak_share, 'thresholds': self.source}
-
-
-def check_threshold_options(image_threshold: Optional[float], pixel_threshold: Optional[float],
-                            sensitivity: Optional[float]) -> None:
-    """A one-line error for a sensitivity combined with absolute thresholds, or one that is not above 0."""
-    if sensitivity is None:
-        return
-    if image_threshold is not None or pixel_threshold is not None:
-        raise CflowError('--sensitivity moves both stored thresholds; it cannot be combined with '
-                         '--image-threshold/--pixel-threshold: pass one or the other')
-    if not sensitivity > 0:
-        raise CflowError(f'--sensitivity must be above 0 (1 = the stored thresholds, 2 = twice as sensitive), '
-                         f'got {sensitivity}')
 
 
 def choose_thresholds(calibration: dict, image_threshold: Optional[float] = None,
@@ -169,9 +157,9 @@ class Detector:
     def result(self, model_map: np.ndarray, score: float, size: Tuple[int, int]) -> Prediction:
         """One image's prediction at its own ``size`` = (width, height)."""
         t = self.thresholds
-        defective = bool(score > t.image)
         t_mask = t.mask(score)
-        return Prediction(float(score), defective, full_size_mask(model_map, size, t_mask, defective),
+        defective, mask = decide_then_mask(model_map, score, t.image, t_mask)
+        return Prediction(float(score), defective, full_size_mask(model_map, mask, size),
                           {**t.as_dict(), 'mask_threshold': t_mask}, model_map, tuple(size))
 
     def predict(self, inputs, batch_size: int = 8) -> Union[Prediction, List[Prediction]]:
@@ -191,13 +179,13 @@ class Detector:
         return results[0] if single else results
 
 
-def full_size_mask(model_map: np.ndarray, size: Tuple[int, int], threshold: float, defective: bool) -> np.ndarray:
-    """The defect mask at the image's own size: A > t_M at the model's resolution, resized with
-    nearest neighbours (a bilinear resize of the map could empty the mask of an image decided
-    defective). A defective image's mask is never empty: its peak pixel is kept."""
-    if not defective:
+def full_size_mask(model_map: np.ndarray, model_mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """The defect mask at the image's own size: ``model_mask`` (``decide_then_mask`` at the model's
+    resolution) resized with nearest neighbours (a bilinear resize of the map could empty the mask of an
+    image decided defective). A non-empty mask stays non-empty: the map's peak pixel is kept."""
+    if not model_mask.any():
         return np.zeros((size[1], size[0]), dtype=bool)
-    mask = resize_mask(model_map > threshold, size)
+    mask = resize_mask(model_mask, size)
     if not mask.any():  # a peak thinner than one output pixel (an image smaller than the model's input)
         row, col = np.unravel_index(int(np.argmax(model_map)), model_map.shape)
         mask = mask.copy()

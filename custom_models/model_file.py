@@ -52,10 +52,6 @@ class LoadedModel:
         return self
 
 
-def model_settings(c) -> dict:
-    return {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
-
-
 def encoder_checksum(arch: str, state: Dict[str, torch.Tensor]) -> str:
     """SHA-256 over the tapped network's tensors (names and bytes, sorted by name; a classifier head excluded)."""
     digest = hashlib.sha256()

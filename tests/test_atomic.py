@@ -28,18 +28,18 @@ def test_a_writer_that_dies_halfway_leaves_the_old_file_and_no_temporary(tmp_pat
 
 def test_results_on_a_full_disk_fail_in_one_line_and_keep_the_last_epoch(tmp_path, monkeypatch):
     c = parse_config(['--dataset', 'demo', '--output-dir', str(tmp_path), '--no-cuda'])
-    run = reserve_run(c)
+    run = reserve_run(c.output_dir, c.model, c.run_date)
     observers = {name: ScoreObserver(name) for name in METRIC_NAMES}
     observers['DET_AUROC'].update(90.0, 0)
     history = [{'epoch': 0, 'DET_AUROC': 90.0}]
-    files = write_results(c, run, observers, history, [], status='running')
+    files = write_results(c.items(), run, observers, history, [], status='running')
     before = open(files['json']).read()
 
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(atomic.os, 'replace', disk_full)
     with pytest.raises(CflowError, match='No space left on device.*free some disk space'):
-        write_results(c, run, observers, history + [{'epoch': 1, 'DET_AUROC': 95.0}], [], status='complete')
+        write_results(c.items(), run, observers, history + [{'epoch': 1, 'DET_AUROC': 95.0}], [], status='complete')
     monkeypatch.undo()
     assert open(files['json']).read() == before and not json.loads(before)['complete']
     # nothing half-written, and no published .txt line: the run never completed

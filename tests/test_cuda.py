@@ -9,6 +9,7 @@ import torch
 from config import parse_config
 from custom_models.fibers import score_feature_map_loop
 from custom_models.flows import build_decoder
+from actions import score_options
 from custom_models.scoring import make_scorers, score_batch
 from train import build_model
 
@@ -25,7 +26,8 @@ def test_fixture_on_cuda(name):
     expected = torch.load(os.path.join(folder, 'expected.pt'), weights_only=False)
     encoder, decoders = build_model(c)  # channels_last encoder, cuDNN autotune
     with torch.inference_mode():
-        log_probs = score_batch(c, encoder, make_scorers(c, decoders), expected['input'])
+        options = score_options(c)
+        log_probs = score_batch(options, encoder, make_scorers(options, decoders), expected['input'])
     for l, log_prob in enumerate(log_probs):
         assert relative_error(log_prob.cpu(), expected[f'log_prob_{l}']) < 1e-4
 
@@ -39,7 +41,7 @@ def test_fused_scorer_on_cuda_equals_the_cpu_loop(compile_):
     with torch.inference_mode():
         reference = score_feature_map_loop(decoder, feature_map, 128)
         c = parse_config(['--no-cuda'] + (['--compile'] if compile_ else [])).replace(device='cuda:0')
-        (scorer,) = make_scorers(c, [decoder.cuda()])
+        (scorer,) = make_scorers(score_options(c), [decoder.cuda()])
         fused = scorer(feature_map.cuda()).cpu()
     assert torch.allclose(fused, reference, rtol=1e-4, atol=1e-4)
 
@@ -58,12 +60,13 @@ def test_deployable_model_on_cuda_equals_the_cpu():
     images = torch.rand(4, 3, 128, 128)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     args = (encoder, decoders, 128, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    grids = [g.as_list() for g in encoder.cell_grids(128)]  # maps centred on the cells, as calibration records
     with torch.inference_mode():
         probe = AnomalyModel(*args, {'log_p_max': [0.0] * 3, 'sum_max': 0.0}).eval()
         log_probs = probe.log_probs(images)
         shifts = [float(lp.max()) for lp in log_probs]  # m_l, as calibration measures them
-        total = -AnomalyModel(*args, {'log_p_max': shifts, 'sum_max': 0.0}).eval()(images)[0]  # S
-        calibration = {'log_p_max': shifts, 'sum_max': float(total.max())}
+        total = -AnomalyModel(*args, {'log_p_max': shifts, 'sum_max': 0.0, 'cell_grids': grids}).eval()(images)[0]  # S
+        calibration = {'log_p_max': shifts, 'sum_max': float(total.max()), 'cell_grids': grids}
         cpu = AnomalyModel(*args, calibration).eval()
         maps, scores = cpu(images)
         gpu = AnomalyModel(*args, calibration).to('cuda:0').eval()
@@ -82,16 +85,15 @@ def test_training_on_cuda_follows_the_cpu(adam):
     and the final weights (one epoch: too short for float32 differences to grow)."""
     import copy
     import os
-    from types import SimpleNamespace
     from custom_models.flows import build_decoders
-    from custom_models.training import train_meta_epoch
+    from custom_models.training import TrainOptions, train_meta_epoch
     from tests.test_trajectory import TRAJECTORY, TapReplay
     t = torch.load(TRAJECTORY, weights_only=False)
     s = t['settings']
     runs = {}
     for device in ('cpu', 'cuda:0'):
-        c = SimpleNamespace(lr=s['lr'], meta_epochs=s['meta_epochs'], sub_epochs=s['sub_epochs'],
-                            fiber_batch=s['fiber_batch'], condition_vec=s['condition_vec'], device=device, adam=adam)
+        c = TrainOptions(lr=s['lr'], meta_epochs=s['meta_epochs'], sub_epochs=s['sub_epochs'],
+                         fiber_batch=s['fiber_batch'], condition_vec=s['condition_vec'], device=device, adam=adam)
         decoders = build_decoders('freia-cflow', s['channels'], s['coupling_blocks'])
         for decoder, state in zip(decoders, t['init_decoder_state_dict']):
             decoder.load_state_dict(state)

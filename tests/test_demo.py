@@ -120,7 +120,7 @@ def point_defect_offsets(detector, root, count=32):
     """Mean (dy, dx) in model pixels of the anomaly a small dark disc adds (its half-maximum region's
     centroid) from the disc's centre, over ``count`` seeded positions on the demo's good test images."""
     from scipy import ndimage
-    from custom_datasets.common import read_rgb, to_model_input
+    from utils.images import read_rgb, to_model_input
     goods = sorted((root / 'good').iterdir())
     rng = np.random.default_rng(7)
     rows, cols = np.mgrid[0:128, 0:128]
@@ -153,7 +153,7 @@ def test_predicted_masks_sit_on_the_demo_defects(demo_run):
     """predict's masks (the calibrated maps, at each image's own 192 px) against the true masks: centroid
     distance per defective image decided defective."""
     from scipy import ndimage
-    from custom_datasets.common import read_mask
+    from utils.images import read_mask
     out, _ = demo_run
     root = out.parent / 'data' / 'textile'
     paths = sorted(str(p) for p in (root / 'test').glob('*/*.png') if p.parent.name != 'good')

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from config import parse_config
-from custom_datasets.common import read_rgb, to_model_input
+from utils.images import read_rgb, to_model_input
 from custom_models.anomaly_model import AnomalyModel
 from main import main
 from utils.anomaly_map import anomaly_maps, calibrated_maps

@@ -13,6 +13,7 @@ from config import parse_config
 from custom_datasets.folder import MIN_CALIBRATION, hold_out
 from main import main
 from custom_models.detector import full_size_mask
+from utils.calibration import decide_then_mask
 from utils.errors import CflowError
 
 from tests.test_errors import assert_one_line_error, run_cli
@@ -113,8 +114,11 @@ def test_scores_only_writes_the_tables_and_the_same_scores(widget, tmp_path, dem
 def test_masks_are_thresholded_at_the_model_resolution_and_never_empty_when_defective():
     anomaly_map = np.zeros((64, 64), dtype=np.float32)
     anomaly_map[10, 20] = 5.0  # one pixel over the threshold
-    up = full_size_mask(anomaly_map, (256, 256), threshold=1.0, defective=True)
+    defective, model_mask = decide_then_mask(anomaly_map, score=5.0, t_image=2.0, t_mask=1.0)
+    assert defective and model_mask.sum() == 1
+    up = full_size_mask(anomaly_map, model_mask, (256, 256))
     assert up.sum() == 16 and up[40:44, 80:84].all()  # nearest: one model pixel is a 4 x 4 block
-    down = full_size_mask(anomaly_map, (16, 16), threshold=1.0, defective=True)
+    down = full_size_mask(anomaly_map, model_mask, (16, 16))
     assert down.sum() >= 1 and down[2, 5]  # a bilinear resize would have lost it
-    assert not full_size_mask(anomaly_map, (16, 16), threshold=1.0, defective=False).any()
+    defective, model_mask = decide_then_mask(anomaly_map, score=5.0, t_image=6.0, t_mask=1.0)  # decided good
+    assert not defective and not full_size_mask(anomaly_map, model_mask, (16, 16)).any()

@@ -89,10 +89,12 @@ def test_no_verb_imports_another_and_packages_import_no_verb():
     graph = import_graph()
     top_level = {m for m in graph if '.' not in m and m not in PACKAGES}
     assert VERBS <= top_level
+    shared = {'config', 'actions'}  # the flags; the settings as the packages' options and the calibration pass
     for verb in VERBS:
-        allowed = {'config'} | ({'main'} if verb == 'reproduce' else set())  # the runner replays command lines
+        allowed = shared | ({'main'} if verb == 'reproduce' else set())  # the runner replays command lines
         assert not (graph[verb] & top_level) - allowed, (verb, graph[verb] & top_level)
-    assert graph['main'] & top_level == VERBS - {'reproduce'} | {'config'}  # main only dispatches
+    assert not graph['actions'] & (top_level - {'config'}), graph['actions']
+    assert graph['main'] & top_level == VERBS - {'reproduce'} | {'config', 'actions'}  # main only dispatches
     assert not graph['bench'] & VERBS, graph['bench'] & VERBS  # it measures library pieces and whole commands
     for module, edges in graph.items():
         if module.split('.')[0] in PACKAGES:
@@ -126,10 +128,11 @@ def test_each_shared_piece_exists_once():
     # one map assembly: the bilinear upsampling of the per-layer probabilities
     assert definitions(r"mode='bilinear', align_corners=True") == ['utils.anomaly_map']
     # one published resize of an image into a model
-    assert definitions(r'LANCZOS') == ['custom_datasets.common']
+    assert definitions(r'LANCZOS') == ['utils.images']
     # one scoring of images with a model (the test pass, calibration, predict and export use it)
-    assert definitions(r'def score_batch\(|def score_loader\(|def calibrate_images\(|def deployable\(') == \
+    assert definitions(r'def score_batch\(|def score_loader\(|def calibration_of\(|def deployable\(') == \
         ['custom_models.scoring']
+    assert definitions(r'def calibrate_images\(|def calibrate_on_folder\(') == ['actions']  # the calibration pass
     assert definitions(r'def load_model\(') == ['custom_models', 'custom_models.detector']
     # one overflow guard of exp(log p - shift), in that assembly (the model had its own copy)
     assert definitions(r'EXP_LIMIT = ') == ['utils.anomaly_map']
@@ -158,3 +161,27 @@ def test_the_readme_layout_names_every_module_and_nothing_else():
     named = set(re.findall(r'^- `([\w/]+\.py)`', layout, re.M))
     tree = {os.path.relpath(p, ROOT) for p in project_modules().values() if os.path.getsize(p)}  # empty __init__s aside
     assert named == tree, {'missing in README': sorted(tree - named), 'not in the tree': sorted(named - tree)}
+
+
+def test_model_code_builds_no_data_pipeline():
+    """custom_models/ imports nothing from custom_datasets/ (scoring takes batches; the verbs build loaders)."""
+    graph = import_graph()
+    for module, edges in graph.items():
+        if module.startswith('custom_models'):
+            assert not {e for e in edges if e.split('.')[0] == 'custom_datasets'}, (module, edges)
+
+
+def test_package_functions_take_arguments_not_the_settings_namespace():
+    """No function in custom_models/, custom_datasets/ or utils/ takes the command line's settings (``c``):
+    each takes explicit arguments or a small options dataclass (``ScoreOptions``, ``TrainOptions``, ...)."""
+    modules = project_modules()
+    found = []
+    for module, path in modules.items():
+        if module.split('.')[0] not in PACKAGES:
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                if 'c' in names or 'settings_namespace' in names:
+                    found.append(f'{module}.{node.name}')
+    assert not found, found

@@ -50,7 +50,7 @@ def test_every_kind_of_input_gives_the_same_result(models, demo_root, kind):
 
 
 def test_any_size_is_resized_the_published_way_and_maps_come_back_at_that_size(models, demo_root):
-    from custom_datasets.common import read_rgb, to_model_input
+    from utils.images import read_rgb, to_model_input
     model = models['pt']
     image = read_rgb(sample_paths(demo_root)[0]).resize((300, 170))
     result = model.predict(image)

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from config import parse_config
+from actions import read_settings, score_options
 from custom_models.scoring import make_scorers, score_batch
 from train import build_model
 from utils.anomaly_map import anomaly_maps
@@ -20,7 +20,7 @@ def fixture_config(name, *extra):
     argv = ['--action-type', 'norm-test', '--checkpoint', reference_checkpoint(name), '--no-cuda',
             '-enc', fx['enc_arch'], '-pl', str(fx['pool_layers']), '-cb', str(fx['coupling_blocks']),
             '-inp', str(fx['input_size']), *extra]
-    return parse_config(argv), folder
+    return read_settings(argv), folder
 
 
 def relative_error(a, b):
@@ -34,7 +34,8 @@ def test_checkpoint_reproduces_every_expected_tensor(name, scorer):
     expected = torch.load(os.path.join(folder, 'expected.pt'), weights_only=False)
     encoder, decoders = build_model(c)
     with torch.inference_mode():
-        log_probs = score_batch(c, encoder, make_scorers(c, decoders), expected['input'])
+        options = score_options(c)
+        log_probs = score_batch(options, encoder, make_scorers(options, decoders), expected['input'])
         taps = encoder(expected['input'])
     for l, tap in enumerate(taps):  # the timm fixtures also hold each tap as the authors' loop folds it
         if f'tap_{l}' in expected:

@@ -11,7 +11,8 @@ from PIL import Image
 
 import custom_models.scoring
 import custom_models.training
-from config import parse_config
+from actions import read_settings
+from config import apply_process_settings, parse_config
 from custom_datasets.folder import list_split
 from custom_models.encoders import build_encoder
 from main import main
@@ -42,9 +43,9 @@ def test_every_action_runs_full_fp32_unless_tf32(tmp_path):
                  deploy + ['--action-type', 'predict', '--input', str(tmp_path)],
                  deploy + ['--action-type', 'export', '--output', str(tmp_path / 'm.onnx')]):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # PyTorch's cuDNN default
-        parse_config(argv)
+        apply_process_settings(read_settings(argv))  # as main.py sets up the process
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32, argv
-        parse_config(argv + ['--tf32'])
+        apply_process_settings(read_settings(argv + ['--tf32']))
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32, argv
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
@@ -80,8 +81,8 @@ def test_a_diverged_flow_stops_with_one_line_naming_the_epoch(capsys, demo_copy,
 def test_non_finite_test_scores_stop_before_the_metrics(capsys, demo_copy, monkeypatch, tmp_path):
     real = custom_models.scoring.score_batch
 
-    def with_a_nan(c, encoder, scorers, images):
-        log_probs = real(c, encoder, scorers, images)
+    def with_a_nan(options, encoder, scorers, images):
+        log_probs = real(options, encoder, scorers, images)
         log_probs[1][0, 0, 0] = float('nan')
         return log_probs
     monkeypatch.setattr(custom_models.scoring, 'score_batch', with_a_nan)
@@ -159,7 +160,7 @@ def test_all_empty_masks_fail_before_training(capsys, demo_copy):
 def test_two_runs_in_the_same_second_keep_their_own_files(tmp_path):
     configs = [parse_config(['--dataset', 'demo', '--output-dir', str(tmp_path), '--no-cuda']).replace(
         run_date='2026-01-01-00-00-00') for _ in range(3)]
-    runs = [reserve_run(c) for c in configs]
+    runs = [reserve_run(c.output_dir, c.model, c.run_date) for c in configs]
     stems = [run.stem for run in runs]
     assert len(set(stems)) == 3 and stems[1].endswith('-2') and stems[2].endswith('-3')
     assert runs[1].viz_dir.endswith('2026-01-01-00-00-00-2') and ':' not in stems[0]

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from actions import read_settings
 from config import parse_config
-from custom_datasets.common import LabelledImages, read_rgb, to_model_input
+from custom_datasets.common import LabelledImages
+from utils.images import read_rgb, to_model_input
 from custom_models.preprocessing import published_input
 from tests.conftest import REFERENCE
 
@@ -89,7 +91,7 @@ def test_an_authors_timm_checkpoint_named_inp256_is_tested_at_timms_size(tmp_pat
     path = tmp_path / 'mvtec_tf_efficientnet_b5_freia-cflow_pl3_cb2_inp256_run0_bottle.pt'
     shutil.copy(reference_checkpoint('cflow_effb5'), path)
     for extra in ([], ['-inp', '256'], ['-inp', '456']):
-        c = parse_config(BASE + ['-enc', 'tf_efficientnet_b5', '-pl', '3', '-cb', '2', '--action-type', 'norm-test',
-                                 '--checkpoint', str(path)] + extra)
+        c = read_settings(BASE + ['-enc', 'tf_efficientnet_b5', '-pl', '3', '-cb', '2', '--action-type', 'norm-test',
+                                  '--checkpoint', str(path)] + extra)
         assert c.input_size == 456 and tuple(c.norm_std) == (0.485, 0.456, 0.406)
         assert c.run_input_size == (456 if '456' in extra else 256)

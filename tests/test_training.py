@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from config import parse_config
+from actions import data_options, loader_options, score_options, train_options
 from custom_datasets import build_datasets
 from custom_datasets.loaders import make_loader
 from custom_models.training import train_meta_epoch
@@ -33,11 +34,11 @@ def test_fiber_batches_zero_grad_and_warmup_follow_the_published_loop(demo_root)
     c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '128', '-cb', '2',
                       '-bs', '16', '--meta-epochs', '25', '--sub-epochs', '1', '--workers', '0', '--no-cuda',
                       '--encoder-weights', 'none'])
-    train_set, _ = build_datasets(c)
+    train_set, _ = build_datasets(data_options(c))
     encoder, decoders = build_model(c)
-    loader = make_loader(c, train_set, train=True)
+    loader = make_loader(train_set, True, loader_options(c))
     optimizer = RecordingAdam(decoders, c.lr)
-    train_meta_epoch(c, 0, loader, encoder, decoders, optimizer)
+    train_meta_epoch(train_options(c), 0, loader, encoder, decoders, optimizer)
 
     # 64 images, batch 16 -> 4 image batches; taps 16x16, 8x8, 4x4 give E = 4096, 1024, 256
     # fibers, i.e. floor(E/256) = 16 + 4 + 1 steps per image batch, layer after layer.
@@ -62,10 +63,11 @@ def test_training_is_reproducible_with_a_seed(demo_root):
         c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '128', '-pl', '1',
                           '-cb', '2', '-bs', '16', '--sub-epochs', '1', '--workers', '0', '--no-cuda',
                           '--encoder-weights', 'none', '--seed', str(seed)])
-        train_set, _ = build_datasets(c)
+        train_set, _ = build_datasets(data_options(c))
         encoder, decoders = build_model(c)
         optimizer = torch.optim.Adam([p for d in decoders for p in d.parameters()], lr=c.lr)
-        return train_meta_epoch(c, 0, make_loader(c, train_set, True), encoder, decoders, optimizer)
+        loader = make_loader(train_set, True, loader_options(c))
+        return train_meta_epoch(train_options(c), 0, loader, encoder, decoders, optimizer)
 
     assert train_once(5) == train_once(5)
     assert train_once(5) != train_once(6)
@@ -76,23 +78,23 @@ def test_test_passes_after_the_first_replay_identical_batches_without_reading_fi
     from custom_models.scoring import score_loader as score_test_set
     c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '64', '-cb', '2',
                       '-bs', '16', '--workers', '0', '--no-cuda', '--encoder-weights', 'none'])
-    _, test_set = build_datasets(c)
+    _, test_set = build_datasets(data_options(c))
     encoder, decoders = build_model(c)
-    loader = ReplayLoader(make_loader(c, test_set, train=False), c.test_cache_mb)
-    first = score_test_set(c, loader, encoder, decoders)
+    loader = ReplayLoader(make_loader(test_set, False, loader_options(c)), c.test_cache_mb)
+    first = score_test_set(score_options(c), loader, encoder, decoders)
 
     def no_reading(*args):
         raise AssertionError('a replayed pass read an image file')
     monkeypatch.setattr(type(test_set), '__getitem__', no_reading)
-    second = score_test_set(c, loader, encoder, decoders)
+    second = score_test_set(score_options(c), loader, encoder, decoders)
     for a, b in zip(first.log_probs, second.log_probs):
         assert torch.equal(a, b)
     assert np.array_equal(first.masks, second.masks) and np.array_equal(first.labels, second.labels)
 
     # with no budget nothing is kept: the second pass reads the files again
     monkeypatch.undo()
-    unbuffered = ReplayLoader(make_loader(c, test_set, train=False), 0)
-    score_test_set(c, unbuffered, encoder, decoders)
+    unbuffered = ReplayLoader(make_loader(test_set, False, loader_options(c)), 0)
+    score_test_set(score_options(c), unbuffered, encoder, decoders)
     assert unbuffered.batches is None
 
 
@@ -101,8 +103,8 @@ def test_training_batches_do_not_depend_on_the_worker_count(demo_root):
     def batches(workers):
         c = parse_config(['--dataset', 'demo', '--data-path', demo_root, '-enc', 'resnet18', '-inp', '64',
                           '-bs', '16', '--workers', str(workers), '--no-cuda', '--seed', '3'])
-        train_set, _ = build_datasets(c)
-        loader = make_loader(c, train_set, train=True)
+        train_set, _ = build_datasets(data_options(c))
+        loader = make_loader(train_set, True, loader_options(c))
         return [image for _ in range(2) for image, _, _ in loader]  # two passes: new order, new angles
 
     zero, two = batches(0), batches(2)

@@ -6,13 +6,12 @@ fiber order). Fed the same encoder taps, initial weights and seed, ours must fol
 float32 round-off. Dropping any of those four choices misses by 2e-3 to 0.8 (fixture README).
 """
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from custom_models.flows import build_decoders
-from train import train_meta_epoch
+from custom_models.training import TrainOptions, train_meta_epoch
 
 from tests.conftest import REFERENCE
 
@@ -46,8 +45,8 @@ def trajectory():
 @pytest.fixture(scope='module')
 def our_run(trajectory):
     s = trajectory['settings']
-    c = SimpleNamespace(lr=s['lr'], meta_epochs=s['meta_epochs'], sub_epochs=s['sub_epochs'],
-                        fiber_batch=s['fiber_batch'], condition_vec=s['condition_vec'], device='cpu')
+    c = TrainOptions(lr=s['lr'], meta_epochs=s['meta_epochs'], sub_epochs=s['sub_epochs'],
+                     fiber_batch=s['fiber_batch'], condition_vec=s['condition_vec'], device='cpu')
     decoders = build_decoders('freia-cflow', s['channels'], s['coupling_blocks'])
     for decoder, state in zip(decoders, trajectory['init_decoder_state_dict']):
         decoder.load_state_dict(state)

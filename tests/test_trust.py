@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import reproduce
+from actions import read_settings
 from config import parse_config
 from main import main
 from utils.errors import CflowError
@@ -235,7 +236,7 @@ def calibrated_at_128(tmp_path_factory):
 
 
 def test_norm_test_of_a_calibrated_file_takes_or_enforces_its_input_size(calibrated_at_128, capsys):
-    c = parse_config(['--action-type', 'norm-test', '--checkpoint', calibrated_at_128, '--no-cuda'])
+    c = read_settings(['--action-type', 'norm-test', '--checkpoint', calibrated_at_128, '--no-cuda'])
     assert c.input_size == 128 and c.enc_arch == 'resnet18' and c.crp_size == (128, 128) and 'inp128' in c.model
     rc, err = run_cli(capsys, ['--action-type', 'norm-test', '--checkpoint', calibrated_at_128, '-inp', '256',
                                '--no-cuda'])
@@ -249,7 +250,7 @@ def test_an_authors_name_states_the_input_size_for_every_action(action, tmp_path
     extra = {'calibrate': ['--calibration-path', str(tmp_path)], 'predict': ['--input', str(tmp_path)],
              'export': ['--output', str(tmp_path / 'm.onnx')]}[action]
     base = ['--action-type', action, '--checkpoint', str(named), '-enc', 'resnet18', '--no-cuda'] + extra
-    assert parse_config(base).input_size == 512
+    assert read_settings(base).input_size == 512
     rc, err = run_cli(capsys, base + ['-inp', '256'])
     assert_one_line_error(rc, err, 'is named inp512 but -inp is 256')
 
@@ -351,7 +352,7 @@ def test_no_cuda_notice_unless_gpu_was_passed_and_no_demo_defaults_for_norm_test
     assert 'CUDA' not in out and 'Demo defaults' in out
     parse_config(['--dataset', 'demo', '--gpu', '0'])
     assert '--gpu 0 is ignored' in capsys.readouterr().out
-    parse_config(['--dataset', 'demo', '--action-type', 'norm-test', '--checkpoint', R18, '-cb', '4'])
+    read_settings(['--dataset', 'demo', '--action-type', 'norm-test', '--checkpoint', R18, '-cb', '4'])
     assert 'Demo defaults' not in capsys.readouterr().out
 
 

@@ -130,6 +130,13 @@ def decisions(scores: np.ndarray, calibration: dict) -> np.ndarray:
     return np.asarray(scores) > calibration['image_threshold']
 
 
+def decide_then_mask(anomaly_map: np.ndarray, score: float, t_image: float, t_mask: float):
+    """(defective, mask) of one image: defective when its score exceeds t_I; then its mask A > t_M, empty
+    when decided good (the one rule predict, ``load_model``, --viz and the benchmark apply)."""
+    defective = bool(score > t_image)
+    return defective, (anomaly_map > t_mask if defective else np.zeros(np.shape(anomaly_map), dtype=bool))
+
+
 def decision_quality(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """False-positive rate on good images, recall on defective ones, precision and F1 at a threshold."""
     labels = np.asarray(labels).astype(bool)

@@ -111,24 +111,26 @@ class RunFiles:
         return os.path.join(self.weights_dir, f'{self.model}_{self.date}{suffix}.pt')
 
 
-def reserve_run(c) -> RunFiles:
-    """Claim ``results/{model}_{date}.json`` for this run and return where its files go.
+def reserve_run(output_dir: str, model: str, run_date: str) -> RunFiles:
+    """Claim ``output_dir/results/{model}_{date}.json`` for this run and return where its files go
+    (``results/``, ``weights/``, ``viz/`` under ``output_dir``).
 
     Two runs started in the same second with the same settings would share a name; the
     second gets ``{date}-2`` (then -3, ...), and its checkpoints and figures follow it.
     """
     for k in itertools.count(1):
-        date = c.run_date if k == 1 else f'{c.run_date}-{k}'
-        run = RunFiles(c.results_dir, c.weights_dir, c.model, date,
-                       os.path.join(c.output_dir, 'viz', f'{c.model}_{date}'))
-        placeholder = json.dumps({'model': c.model, 'date': date, 'status': 'starting', 'complete': False})
+        date = run_date if k == 1 else f'{run_date}-{k}'
+        run = RunFiles(os.path.join(output_dir, 'results'), os.path.join(output_dir, 'weights'), model, date,
+                       os.path.join(output_dir, 'viz', f'{model}_{date}'))
+        placeholder = json.dumps({'model': model, 'date': date, 'status': 'starting', 'complete': False})
         if create_exclusive(run.stem + '.json', placeholder):
             return run
 
 
-def write_results(c, run: RunFiles, observers: Dict[str, ScoreObserver], history: List[dict],
+def write_results(settings: dict, run: RunFiles, observers: Dict[str, ScoreObserver], history: List[dict],
                   checkpoints: List[str], status: str = 'complete', extra: Optional[dict] = None) -> Dict[str, str]:
-    """Write the text and JSON result files (atomically); return their paths.
+    """Write the text and JSON result files (atomically); return their paths. ``settings``: every setting
+    of the run (recorded whole; ``model``, ``seed`` and ``class_name`` name it).
 
     Called after every meta epoch with ``status='running'`` and at the end with
     ``'complete'`` (or ``'interrupted'`` / ``'failed'``): only a complete file has
@@ -139,15 +141,15 @@ def write_results(c, run: RunFiles, observers: Dict[str, ScoreObserver], history
     files = {'json': stem + '.json'}
     # the authors' collection script reads every .txt: finished runs with metrics only
     if history and status == 'complete' and any(o.last is not None for o in observers.values()):
-        atomic_write_text(stem + '.txt', summary_line(observers, c.class_name))
+        atomic_write_text(stem + '.txt', summary_line(observers, settings['class_name']))
         files['text'] = stem + '.txt'
     report = {
-        'model': c.model,
+        'model': settings['model'],
         'date': run.date,
-        'seed': c.seed,
+        'seed': settings['seed'],
         'status': status,
         'complete': status == 'complete',
-        'settings': dict(sorted(c.items().items())),
+        'settings': dict(sorted(settings.items())),
         'epochs': history,
         # a metric that was never computed (AUPRO without --pro) is missing (null), not 0
         'max': {name: {'value': o.max_score if o.last is not None else None, 'epoch': o.max_epoch}

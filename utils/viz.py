@@ -128,9 +128,9 @@ def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1[:-1])])
 
 
-def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                        masks: np.ndarray, epoch: int, read_image, calibration: dict = None) -> str:
-    """Write the figures of the test pass of ``epoch`` into ``folder`` and return it.
+def save_visualizations(class_name: str, folder: str, paths, maps: np.ndarray, scores: np.ndarray,
+                        labels: np.ndarray, masks: np.ndarray, epoch: int, read_image, calibration: dict = None) -> str:
+    """Write the figures of the test pass of ``epoch`` (the images at ``paths``) into ``folder``; return it.
 
     ``read_image``: path -> RGB PIL image (the dataset's reader; utils/ imports no dataset code).
 
@@ -142,7 +142,7 @@ def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.nd
     """
     from matplotlib.ticker import MaxNLocator
     from utils.calibration import f1_optimal_threshold as image_oracle
-    from utils.calibration import mask_threshold
+    from utils.calibration import decide_then_mask, mask_threshold
     os.makedirs(folder, exist_ok=True)
     labelled = bool(labels.any()) and not bool(labels.all())
     oracle_image = image_oracle(labels, scores) if labelled else None
@@ -154,11 +154,10 @@ def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.nd
         which = 'F1-optimal thresholds on these test labels (oracle)'
         t_pixel = f1_optimal_threshold(masks, maps) if masks.any() else float(np.quantile(maps, 0.99))
     vmax = 2 * t_image if t_image > 0 else float(maps.max())
-    for i, path in enumerate(dataset.x):
+    for i, path in enumerate(paths):
         image = display_copy(read_image(path), minimum=256)
-        defective = scores[i] > t_image
         t_mask = mask_threshold(scores[i], calibration) if calibration is not None else t_pixel
-        predicted = maps[i] > t_mask if defective else np.zeros(maps[i].shape, bool)
+        defective, predicted = decide_then_mask(maps[i], scores[i], t_image, t_mask)
         picture = decision_picture(image, maps[i], predicted, vmax, scores[i], t_image, t_mask, defective,
                                    f'{which}, epoch {epoch}')
         truth = Image.fromarray((masks[i] * 255).astype(np.uint8)).resize(image.size, Image.NEAREST).convert('RGB')
@@ -186,7 +185,7 @@ def save_visualizations(c, folder: str, dataset, maps: np.ndarray, scores: np.nd
     ax.set_xlabel('image anomaly score (max of the ' + ('calibrated' if calibration else 'test-set normalised')
                   + ' map)')
     ax.set_ylabel('images')
-    ax.set_title(f'{c.class_name}: image scores at epoch {epoch}')
+    ax.set_title(f'{class_name}: image scores at epoch {epoch}')
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, os.path.join(folder, 'score_histogram.png'))

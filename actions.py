@@ -1,0 +1,74 @@
+"""What the actions share: the command line's settings translated into each package's options, and the
+calibration pass (a folder of good images through the model) that norm-train, calibrate, export and
+predict all run. The packages take these options and never the settings namespace itself."""
+from typing import Optional, Sequence
+
+from custom_datasets import DataOptions
+from custom_datasets.common import LabelledImages, calibration_images
+from custom_datasets.loaders import LoaderOptions, make_loader
+from config import checked_flags, derive, model_file_request
+from custom_models.model_file import SETTING_KEYS, stated_settings
+from custom_models.scoring import ScoreOptions, calibration_of, score_loader
+from custom_models.training import TrainOptions
+from utils.progress import count
+
+
+def model_settings(c) -> dict:
+    """The settings a model file records (``SETTING_KEYS``: architecture, input size, normalisation)."""
+    return {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
+
+
+def score_options(c) -> ScoreOptions:
+    return ScoreOptions(device=c.device, scorer=c.scorer, compile=c.compile, fiber_chunk=c.fiber_chunk,
+                        bf16=c.bf16, condition_vec=c.condition_vec)
+
+
+def train_options(c) -> TrainOptions:
+    return TrainOptions(lr=c.lr, meta_epochs=c.meta_epochs, sub_epochs=c.sub_epochs, fiber_batch=c.fiber_batch,
+                        adam=c.adam, device=c.device, condition_vec=c.condition_vec)
+
+
+def loader_options(c) -> LoaderOptions:
+    return LoaderOptions(batch_size=c.batch_size, workers=c.workers, seed=c.seed,
+                         pin_memory=c.device.startswith('cuda'))
+
+
+def data_options(c) -> DataOptions:
+    return DataOptions(dataset=c.dataset, data_path=c.data_path, class_name=c.class_name, input_size=c.input_size,
+                       mean=tuple(c.norm_mean), std=tuple(c.norm_std), need_train=c.action_type == 'norm-train',
+                       seed=c.seed, calibration_path=c.calibration_path, action=c.action_type)
+
+
+def calibrate_images(c, encoder, decoders, paths: Sequence[str], source: str) -> dict:
+    """Score ``paths`` (defect-free images, read the way test images are) and return the calibration
+    record of this model: its constants and thresholds (``utils/calibration.py``)."""
+    paths = list(paths)
+    dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), c.input_size, train=False,
+                             mean=c.norm_mean, std=c.norm_std)
+    scores = score_loader(score_options(c), make_loader(dataset, False, loader_options(c)), encoder, decoders)
+    calibration = calibration_of(scores, encoder, model_settings(c), source)
+    print(f'Calibrated on {count(len(paths), "image")} ({source}): image threshold '
+          f'{calibration["image_threshold"]:.4g}, pixel threshold {calibration["pixel_threshold"]:.4g}')
+    return calibration
+
+
+def calibrate_on_folder(c, encoder, decoders, paths: Optional[Sequence[str]] = None) -> dict:
+    """Calibrate on the good images under ``--calibration-path`` (``paths``: that folder's images when
+    they were listed and checked already, before any long work)."""
+    return calibrate_images(c, encoder, decoders, paths or calibration_images(c.calibration_path),
+                            f'images under {c.calibration_path}')
+
+
+
+def model_file_statement(c) -> tuple:
+    """(settings, calibration or None) that the model file of the checked flags ``c`` states, read once,
+    without building the model (``custom_models.model_file.stated_settings``); ({}, None) when the action
+    reads none. ``config.derive`` applies it over its defaults."""
+    request = model_file_request(c)
+    return stated_settings(*request) if request is not None else ({}, None)
+
+
+def read_settings(argv=None):
+    """The settings of a command line: its flags, and what its model file states (read once, here)."""
+    c = checked_flags(argv)
+    return derive(c, model_file_statement(c))
