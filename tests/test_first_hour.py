@@ -79,3 +79,16 @@ def test_checkpoint_named_for_another_input_size_is_refused(capsys, tmp_path, de
     rc, err = run_cli(capsys, ['--action-type', 'norm-test', '--checkpoint', str(named), '--no-cuda', '--dataset',
                                'demo', '--data-path', demo_root, '-enc', 'resnet18', '-cb', '4', '-inp', '256'])
     assert_one_line_error(rc, err, 'is named inp128 but -inp is 256', 'pass -inp 128')
+
+
+def test_the_installed_api_and_command_work_from_another_folder(tmp_path):
+    """After the README's install (`pip install -c constraints.txt -e .`), a script anywhere imports the
+    library, and `cflow-ad` is `python main.py`."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    code = 'import custom_models, os; print(os.path.dirname(os.path.dirname(custom_models.__file__)))'
+    found = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert os.path.samefile(found.stdout.strip(), ROOT)
+    command = os.path.join(os.path.dirname(sys.executable), 'cflow-ad')
+    result = subprocess.run([command, '--dataset', 'nope'], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown --dataset 'nope'")
