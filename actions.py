@@ -46,7 +46,7 @@ def calibrate_images(c, encoder, decoders, paths: Sequence[str], source: str) ->
     dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), c.input_size, train=False,
                              mean=c.norm_mean, std=c.norm_std)
     scores = score_loader(score_options(c), make_loader(dataset, False, loader_options(c)), encoder, decoders)
-    calibration = calibration_of(scores, encoder, model_settings(c), source)
+    calibration = calibration_of(scores.log_probs, encoder, model_settings(c), source)
     print(f'Calibrated on {count(len(paths), "image")} ({source}): image threshold '
           f'{calibration["image_threshold"]:.4g}, pixel threshold {calibration["pixel_threshold"]:.4g}')
     return calibration
@@ -57,7 +57,6 @@ def calibrate_on_folder(c, encoder, decoders, paths: Optional[Sequence[str]] = N
     they were listed and checked already, before any long work)."""
     return calibrate_images(c, encoder, decoders, paths or calibration_images(c.calibration_path),
                             f'images under {c.calibration_path}')
-
 
 
 def model_file_statement(c) -> tuple:

@@ -315,7 +315,7 @@ def calibrated_model(arch, encoder, decoders, input_size, folder):
     from custom_datasets.inputs import ImageFiles
     from utils.images import IMAGENET_MEAN, IMAGENET_STD
     from custom_models.preprocessing import published_input
-    from utils.calibration import calibrate_from_log_probs
+    from custom_models.scoring import calibration_of
     fed = published_input(arch, input_size, IMAGENET_MEAN, IMAGENET_STD)
     mean, std = fed.mean, fed.std
     calibration_files = ImageFiles(list_images(folder)[:8], input_size)
@@ -326,8 +326,7 @@ def calibrated_model(arch, encoder, decoders, input_size, folder):
     model = AnomalyModel(encoder, decoders, input_size, mean, std, {'log_p_max': [0.0] * len(decoders),
                                                                     'sum_max': 0.0}).eval()
     with torch.inference_mode():
-        calibration = calibrate_from_log_probs(model.log_probs(images), (input_size,) * 2, 'bench', settings,
-                                               grids=[g.as_list() for g in encoder.cell_grids(input_size)])
+        calibration = calibration_of(model.log_probs(images), encoder, settings, 'bench')
     return AnomalyModel(encoder, decoders, input_size, mean, std, calibration).eval(), settings, calibration
 
 

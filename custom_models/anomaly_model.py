@@ -35,14 +35,13 @@ class AnomalyModel(nn.Module):
         self.log_p_max = [float(m) for m in calibration['log_p_max']]
         self.sum_max = float(calibration['sum_max'])
         self.calibration = calibration
-        self.matrices = None  # the published stretch, for files calibrated before cell grids were recorded
-        if calibration.get('cell_grids') is not None:  # constants of the graph, not state: non-persistent buffers
+        self.centred = calibration.get('cell_grids') is not None  # else the published stretch (files calibrated before)
+        if self.centred:  # constants of the graph, not state: non-persistent buffers (moved by .to, not saved)
             size = (self.input_size, self.input_size)
             cells = [shape[1:] for shape in tap_shapes(encoder.arch, encoder.pool_layers, self.input_size)]
             for l, (rows, cols_t) in enumerate(grid_matrices(cells, size, calibration['cell_grids'], torch.float32)):
                 self.register_buffer(f'rows_{l}', rows, persistent=False)
                 self.register_buffer(f'cols_t_{l}', cols_t, persistent=False)
-            self.matrices = len(cells)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """x = (image - mean) / std: what the encoder is fed (``custom_models.preprocessing``)."""
@@ -56,7 +55,7 @@ class AnomalyModel(nn.Module):
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B x H x W anomaly maps, B image scores) of B x 3 x H x W images in [0, 1] at the input size."""
         size = (self.input_size, self.input_size)
-        matrices = None if self.matrices is None else [(getattr(self, f'rows_{l}'), getattr(self, f'cols_t_{l}'))
-                                                        for l in range(self.matrices)]
+        matrices = [(getattr(self, f'rows_{l}'), getattr(self, f'cols_t_{l}'))
+                    for l in range(len(self.scorers))] if self.centred else None
         maps = self.sum_max - summed_probabilities(self.log_probs(images), size, self.log_p_max, matrices=matrices)
         return maps, maps.amax(dim=(1, 2))

@@ -110,12 +110,12 @@ def score_loader(options: ScoreOptions, batches: Iterable, encoder, decoders) ->
     return TestScores(log_probs, labels, np.concatenate(masks), loss, len(labels) / max(seconds, 1e-9))
 
 
-def calibration_of(scores: TestScores, encoder, settings: dict, source: str) -> dict:
-    """The calibration record (``utils/calibration.py``) of a model from the scores of defect-free images,
-    its maps centred on the encoder's receptive fields (``custom_models/receptive_field.py``)."""
+def calibration_of(log_probs: List[torch.Tensor], encoder, settings: dict, source: str) -> dict:
+    """The calibration record (``utils/calibration.py``) of a model from the per-layer log-likelihoods of
+    defect-free images, its maps centred on the encoder's receptive fields (``custom_models/receptive_field.py``)."""
     size = int(settings['input_size'])
     grids = [grid.as_list() for grid in encoder.cell_grids(size)]
-    return calibrate_from_log_probs(scores.log_probs, (size, size), source, settings, grids=grids)
+    return calibrate_from_log_probs(log_probs, (size, size), source, settings, grids=grids)
 
 
 def deployable(encoder, decoders, settings: dict, calibration: dict) -> AnomalyModel:

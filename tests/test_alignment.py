@@ -7,7 +7,7 @@ import torch
 
 from custom_models.encoders import build_encoder
 from custom_models.receptive_field import chain_grid
-from utils.anomaly_map import calibrated_maps, summed_probabilities, upsample
+from utils.anomaly_map import calibrated_maps, grid_matrices, summed_probabilities, upsample
 
 
 def without_squeeze_excitation(net):
@@ -69,14 +69,14 @@ def test_centred_upsampling_places_a_cell_on_its_pixel_and_the_published_one_str
     h, size, stride = 8, 64, 8.0
     prob = torch.zeros(1, h, h, dtype=torch.float64)
     prob[0, 6, 2] = 1.0
-    centred = summed_probabilities([torch.log(prob + 1e-300)], (size, size), [0.0], grids=[[stride, 0.0]])[0]
+    centred = summed_probabilities([torch.log(prob + 1e-300)], (size, size), [0.0],
+                                   grid_matrices([(h, h)], (size, size), [[stride, 0.0]]))[0]
     assert np.unravel_index(int(centred.argmax()), (size, size)) == (48, 16)  # stride x cell
     published = summed_probabilities([torch.log(prob + 1e-300)], (size, size), [0.0])[0]
     row, col = np.unravel_index(int(published.argmax()), (size, size))
     assert (row, col) == (54, 18)  # cell 6 of 8 stretched onto 63 / 7 px per cell: 6 px low, 2 px right
     # with the grid the stretch implies (stride (H - 1) / (h - 1), offset 0) the two code paths agree
     p = torch.rand(3, h, h, dtype=torch.float64)
-    from utils.anomaly_map import grid_matrices
     (pair,) = grid_matrices([(h, h)], (size, size), [[(size - 1) / (h - 1), 0.0]])
     torch.testing.assert_close(upsample(p, (size, size), pair), upsample(p, (size, size)), atol=1e-12, rtol=0)
 

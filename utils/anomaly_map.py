@@ -59,13 +59,10 @@ def upsample(prob: torch.Tensor, size: Tuple[int, int], matrices: Optional[Matri
 
 
 def summed_probabilities(log_probs: Sequence[torch.Tensor], size: Tuple[int, int], shifts: Sequence,
-                         grids: Optional[Sequence] = None, matrices: Optional[List[Matrices]] = None) -> torch.Tensor:
+                         matrices: Optional[List[Matrices]] = None) -> torch.Tensor:
     """S of one batch, B x H x W in the log-likelihoods' dtype: the map assembly every path uses.
-    ``grids``: per layer [stride, offset] to centre the cells on (module docstring), or None (published);
-    ``matrices``: ``grid_matrices`` made once beforehand (the deployable model keeps them)."""
-    if grids is not None and matrices is None:
-        matrices = [tuple(m.to(lp.device) for m in pair) for lp, pair in
-                    zip(log_probs, grid_matrices([lp.shape[-2:] for lp in log_probs], size, grids, log_probs[0].dtype))]
+    ``matrices``: per layer the ``grid_matrices`` that centre its cells on their grid (module docstring),
+    made once beforehand; None: the published stretch."""
     total = None
     for l, (log_p, shift) in enumerate(zip(log_probs, shifts)):
         prob = torch.exp(torch.clamp(log_p - shift, max=EXP_LIMIT))
@@ -77,11 +74,13 @@ def summed_probabilities(log_probs: Sequence[torch.Tensor], size: Tuple[int, int
 def summed_in_float64(log_probs: List[torch.Tensor], size: Tuple[int, int], shifts: Optional[Sequence] = None,
                       chunk: int = 64, grids: Optional[Sequence] = None):
     """(start, S of images start .. start + chunk) in float64 on the CPU, a chunk at a time (one layer's
-    full-size maps never all exist); shift_l = max(log p_l) over all images by default."""
+    full-size maps never all exist); shift_l = max(log p_l) over all images by default; ``grids``: per layer
+    [stride, offset] to centre the cells on (the matrices made once), or None (published)."""
     log_probs = [lp.detach().to('cpu', torch.float64) for lp in log_probs]
     shifts = [lp.max() for lp in log_probs] if shifts is None else shifts
+    matrices = None if grids is None else grid_matrices([lp.shape[-2:] for lp in log_probs], size, grids)
     for start in range(0, log_probs[0].shape[0], chunk):
-        yield start, summed_probabilities([lp[start:start + chunk] for lp in log_probs], size, shifts, grids)
+        yield start, summed_probabilities([lp[start:start + chunk] for lp in log_probs], size, shifts, matrices)
 
 
 def anomaly_maps(log_probs: List[torch.Tensor], input_size: Tuple[int, int], chunk: int = 64) -> np.ndarray:
