@@ -133,7 +133,9 @@ IGNORED_IN_REPOSITORY = ('.git', '__pycache__', '.pytest_cache', 'cflow_ad.egg-i
 def repository_files():
     found = set()
     for root, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in IGNORED_IN_REPOSITORY]
+        # a virtual environment made inside the checkout (the README's .venv) is the user's, not the suite's
+        dirs[:] = [d for d in dirs if d not in IGNORED_IN_REPOSITORY
+                   and not os.path.isfile(os.path.join(root, d, 'pyvenv.cfg'))]
         found.update(os.path.relpath(os.path.join(root, f), ROOT) for f in files)
     return found
 
