@@ -27,7 +27,8 @@ def reference_fixture(name):
 # The fixtures' seeded encoders were drawn where torch's random fills ran their AVX2 kernels and MKL its SSE4.2
 # ones (an AVX2 CPU MKL does not tune for); an AVX-512 CPU rounds some draws differently in the last bit. The
 # encoder is therefore drawn in a child process pinned to those kernels: the same bits on any x86-64 CPU.
-PINNED_KERNELS = {'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_ENABLE_INSTRUCTIONS': 'SSE4_2'}
+# oneDNN's convolutions are pinned to AVX2 too, for tests that compare a whole pipeline's bytes.
+PINNED_KERNELS = {'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_ENABLE_INSTRUCTIONS': 'SSE4_2', 'ONEDNN_MAX_CPU_ISA': 'AVX2'}
 _DRAW = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
