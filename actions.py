@@ -39,14 +39,23 @@ def data_options(c) -> DataOptions:
                        seed=c.seed, calibration_path=c.calibration_path, action=c.action_type)
 
 
+def calibration_on_images(encoder, decoders, settings: dict, paths: Sequence[str], source: str,
+                          score: ScoreOptions, loader: LoaderOptions) -> dict:
+    """The calibration record (``utils/calibration.py``) of a model (``settings``: its ``SETTING_KEYS``) from
+    ``paths``, defect-free images read the way test images are: the pass every action and the bench run."""
+    paths = list(paths)
+    dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), settings['input_size'], train=False,
+                             mean=settings['norm_mean'], std=settings['norm_std'])
+    scores = score_loader(score, make_loader(dataset, False, loader), encoder, decoders)
+    return calibration_of(scores.log_probs, encoder, settings, source)
+
+
 def calibrate_images(c, encoder, decoders, paths: Sequence[str], source: str) -> dict:
     """Score ``paths`` (defect-free images, read the way test images are) and return the calibration
     record of this model: its constants and thresholds (``utils/calibration.py``)."""
     paths = list(paths)
-    dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), c.input_size, train=False,
-                             mean=c.norm_mean, std=c.norm_std)
-    scores = score_loader(score_options(c), make_loader(dataset, False, loader_options(c)), encoder, decoders)
-    calibration = calibration_of(scores.log_probs, encoder, model_settings(c), source)
+    calibration = calibration_on_images(encoder, decoders, model_settings(c), paths, source, score_options(c),
+                                        loader_options(c))
     print(f'Calibrated on {count(len(paths), "image")} ({source}): image threshold '
           f'{calibration["image_threshold"]:.4g}, pixel threshold {calibration["pixel_threshold"]:.4g}')
     return calibration

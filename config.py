@@ -10,6 +10,7 @@ from PIL import Image
 # Import-light on purpose (``--help`` must not wait for torch): the heavy modules are
 # imported inside the functions that need them.
 from custom_models.architectures import DECODER_ARCHS, encoder_family, encoder_names_text
+from utils.model_kinds import is_exported, precision_note
 from utils.threshold_options import check_threshold_options
 from utils.errors import CflowError
 from utils.results import model_name
@@ -19,7 +20,6 @@ DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitec
 FIBER_BATCH = 256  # N: fibers per training step, as published
 ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export')
 DEPLOY_ACTIONS = ('calibrate', 'predict', 'export')  # a model file in, no dataset
-EXPORTED_SUFFIXES = ('.onnx', '.xml')  # an exported graph: predict runs it, the weights are not in it
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
 DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
@@ -306,15 +306,6 @@ def encoder_weights_choice(c) -> str:
     return 'imagenet'
 
 
-def precision_note(calibration: Optional[dict]) -> str:
-    """' (an INT8 quantized export of its encoder: ...)' for a quantized export, so it is never taken for an fp32
-    one; else ''."""
-    if not calibration or calibration.get('precision', 'fp32') == 'fp32':
-        return ''
-    return (f' (an {calibration["precision"].upper()} quantized export of its {calibration.get("quantized", "?")}: '
-            f'its scores are not the fp32 model\'s)')
-
-
 def given_flags(argv) -> set:
     """The destinations of the flags present in ``argv`` (defaults suppressed)."""
     probe = build_parser()
@@ -342,7 +333,7 @@ def check_flags(args, given: Optional[set] = None) -> Settings:
         raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
     if c.action_type != 'norm-train' and not c.checkpoint:
         raise CflowError(f'--action-type {c.action_type} needs --checkpoint FILE')
-    if c.checkpoint.endswith(EXPORTED_SUFFIXES) and c.calibration_path:
+    if is_exported(c.checkpoint) and c.calibration_path:
         raise CflowError(f'{c.checkpoint} holds the calibration it was exported with: drop --calibration-path, or '
                          f'calibrate the checkpoint and export it again')
     check_action_flags(c)
@@ -374,7 +365,7 @@ def check_action_flags(c) -> None:
                          f'or pass --action-type predict')
     if c.action_type == 'predict' and c.streams is not None and c.streams < 1:
         raise CflowError(f'--streams {c.streams}: pass 1 or more (1 = one image at a time on every thread)')
-    if c.action_type == 'predict' and c.streams is not None and not c.checkpoint.endswith(EXPORTED_SUFFIXES):
+    if c.action_type == 'predict' and c.streams is not None and not is_exported(c.checkpoint):
         raise CflowError('--streams is for an exported .onnx (onnxruntime or OpenVINO): drop it, or export the '
                          'model with --action-type export --output model.onnx')
     if c.action_type == 'predict':
@@ -419,7 +410,7 @@ def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Set
     from custom_datasets.stc import STC_MEAN, STC_STD
     from custom_models.encoders import input_size_fits, smallest_input_size
     from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
-    if c.checkpoint.endswith(EXPORTED_SUFFIXES) and c.action_type != 'predict':
+    if is_exported(c.checkpoint) and c.action_type != 'predict':
         raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
                          f'{c.checkpoint}{precision_note(stated[1])}: pass the checkpoint it was exported from')
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)

@@ -37,7 +37,7 @@ from custom_models import load_model
 from custom_models.detector import Detector, choose_thresholds, detector_from_model
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
-from utils.export_onnx import EXPORTED
+from utils.model_kinds import is_exported
 from custom_models.model_file import read_model
 from actions import calibrate_on_folder, model_settings
 from utils.progress import count, progress
@@ -53,7 +53,7 @@ def open_detector(c, streams: int = 1) -> Detector:
     """The calibrated model of ``--checkpoint`` with the thresholds the flags choose; an uncalibrated
     .pt or .safetensors is calibrated on ``--calibration-path`` first (the file is not changed)."""
     options = dict(image_threshold=c.image_threshold, pixel_threshold=c.pixel_threshold, sensitivity=c.sensitivity)
-    if c.checkpoint.endswith(EXPORTED) or not c.calibration_path or c.runtime not in (None, 'torch'):
+    if is_exported(c.checkpoint) or not c.calibration_path or c.runtime not in (None, 'torch'):
         return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, streams=streams,
                           cache_dir=openvino_cache(c), **options)
     loaded = read_model(c.checkpoint, model_settings(c)).to(c.device)

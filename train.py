@@ -24,7 +24,8 @@ from custom_models.flows import build_decoders
 from custom_models.scoring import TestScores, score_loader
 from custom_models.training import train_meta_epoch
 from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
-from utils.calibration import CALIBRATION_KEY, decision_quality, f1_optimal_threshold
+from utils.calibration import CALIBRATION_KEY, decision_quality
+from utils.oracle import image_f1_optimal_threshold
 from custom_models.checkpoint import save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
@@ -109,7 +110,7 @@ def evaluate_calibrated(c, scores: TestScores, calibration: dict) -> dict:
     (an oracle: it is chosen with the test labels)."""
     maps = calibrated_maps(scores.log_probs, c.crp_size, calibration)
     image_score = image_scores(maps)
-    oracle = f1_optimal_threshold(scores.labels, image_score)
+    oracle = image_f1_optimal_threshold(scores.labels, image_score)
     return {**map_metrics(c, scores.labels, scores.masks, maps, image_score),
             'at_stored_threshold': decision_quality(scores.labels, image_score, calibration['image_threshold']),
             'at_f1_optimal_threshold_oracle': decision_quality(scores.labels, image_score, oracle),

@@ -35,7 +35,7 @@ from utils.errors import CflowError
 from utils.threshold_options import check_threshold_options
 from utils.export_onnx import OnnxModel, OpenVinoModel
 from utils.pipeline import ordered_map, read_ahead
-from utils.quantize import precision_of
+from utils.model_kinds import precision_of
 from custom_models.model_file import read_model
 
 RUNTIMES = ('torch', 'onnxruntime', 'openvino')

@@ -31,7 +31,8 @@ from custom_models.flows import build_decoders
 from utils.atomic import atomic_write
 from utils.calibration import CALIBRATION_KEY
 from utils.errors import CflowError
-from utils.export_onnx import EXPORTED, model_metadata
+from utils.export_onnx import model_metadata
+from utils.model_kinds import is_exported
 
 COMPACT_FORMAT = 'cflow-ad-compact/1'
 REDUNDANT_SUFFIX = '.w_perm_inv'
@@ -99,7 +100,7 @@ def stated_settings(path: str, weights_architecture: bool = True,
         raise CflowError(f'model file {path} does not exist: check the path')
     if path.endswith('.safetensors'):
         return compact_header(path)
-    if path.endswith(EXPORTED):
+    if is_exported(path):
         return model_metadata(path)
     try:
         state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)

@@ -11,6 +11,7 @@ from tests.conftest import ROOT
 
 VERBS = {'train', 'calibrate', 'predict', 'export', 'reproduce'}  # one --action-type (or runner) each
 PACKAGES = ('custom_datasets', 'custom_models', 'utils')
+BENCHMARKS = 'benchmarks'  # the bench: a verb in a package of its own (one module per section)
 
 
 def project_modules():
@@ -19,7 +20,7 @@ def project_modules():
     for name in os.listdir(ROOT):
         if name.endswith('.py'):
             found[name[:-3]] = os.path.join(ROOT, name)
-    for package in PACKAGES:
+    for package in PACKAGES + (BENCHMARKS,):
         for name in os.listdir(os.path.join(ROOT, package)):
             if name.endswith('.py'):
                 module = package if name == '__init__.py' else f'{package}.{name[:-3]}'
@@ -87,7 +88,7 @@ def test_the_cycle_finder_finds_one():
 
 def test_no_verb_imports_another_and_packages_import_no_verb():
     graph = import_graph()
-    top_level = {m for m in graph if '.' not in m and m not in PACKAGES}
+    top_level = {m for m in graph if '.' not in m and m not in PACKAGES + (BENCHMARKS,)}
     assert VERBS <= top_level
     shared = {'config', 'actions'}  # the flags; the settings as the packages' options and the calibration pass
     for verb in VERBS:
@@ -95,10 +96,12 @@ def test_no_verb_imports_another_and_packages_import_no_verb():
         assert not (graph[verb] & top_level) - allowed, (verb, graph[verb] & top_level)
     assert not graph['actions'] & (top_level - {'config'}), graph['actions']
     assert graph['main'] & top_level == VERBS - {'reproduce'} | {'config', 'actions'}  # main only dispatches
-    assert not graph['bench'] & VERBS, graph['bench'] & VERBS  # it measures library pieces and whole commands
     for module, edges in graph.items():
+        if module == 'bench' or module.split('.')[0] == BENCHMARKS:  # library pieces, and whole commands via main
+            assert not edges & VERBS, (module, edges & VERBS)
         if module.split('.')[0] in PACKAGES:
             assert not edges & top_level, (module, edges & top_level)
+            assert not {e for e in edges if e.split('.')[0] == BENCHMARKS}, module
 
 
 def test_utils_import_no_model_or_dataset_code():
@@ -185,3 +188,17 @@ def test_package_functions_take_arguments_not_the_settings_namespace():
                 if 'c' in names or 'settings_namespace' in names:
                     found.append(f'{module}.{node.name}')
     assert not found, found
+
+
+def test_no_function_is_over_80_lines_and_no_fake_settings_namespace():
+    """Functions stay readable (at most 80 lines, tests aside), and nothing outside the tests fakes the
+    command line's settings with a ``SimpleNamespace``: the packages take options, the bench its own flags."""
+    long, fakes = [], []
+    for module, path in project_modules().items():
+        source = open(path).read()
+        if 'SimpleNamespace' in source:
+            fakes.append(module)
+        for node in ast.walk(ast.parse(source, path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f'{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines')
+    assert not long and not fakes, (long, fakes)

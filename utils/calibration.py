@@ -147,12 +147,3 @@ def decision_quality(labels: np.ndarray, scores: np.ndarray, threshold: float) -
     recall = tp / (tp + fn) if tp + fn else 0.0
     return {'threshold': float(threshold), 'fpr': fp / max(int((~labels).sum()), 1), 'recall': recall,
             'precision': precision, 'f1': 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
-
-
-def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The image threshold with the best F1 on labelled data: an oracle, for comparison only."""
-    candidates = np.unique(scores)
-    # a threshold just below each score decides that image (and all higher) defective
-    thresholds = np.concatenate([[candidates[0] - 1.0], (candidates[:-1] + candidates[1:]) / 2])
-    f1 = [decision_quality(labels, scores, t)['f1'] for t in thresholds]
-    return float(thresholds[int(np.argmax(f1))])

@@ -20,7 +20,6 @@ from utils.atomic import atomic_write
 from utils.errors import CflowError
 
 INPUT, OUTPUTS = 'image', ('anomaly_map', 'score')
-EXPORTED = ('.onnx', '.xml')  # exported graphs: ONNX, and OpenVINO IR (the INT8 export, utils/quantize.py)
 
 
 def export_onnx(model, path: str) -> None:

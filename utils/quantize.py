@@ -117,13 +117,6 @@ def quantized_calibration(fp32: dict, thresholds: dict, scope: str, source: str,
                                 'pixel_threshold': fp32['pixel_threshold']}}
 
 
-def precision_of(calibration: dict) -> str:
-    """'int8 (encoder)' for a quantized export, 'fp32' otherwise."""
-    if calibration.get('precision', 'fp32') == 'fp32':
-        return 'fp32'
-    return f'{calibration["precision"]} ({calibration.get("quantized", "?")})'
-
-
 def check_quantize_images(paths: Sequence[str], folder: str) -> None:
     if len(paths) < MIN_IMAGES:
         raise CflowError(f'--calibration-path {folder} holds {len(paths)} images: INT8 quantization needs at least '

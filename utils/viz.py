@@ -7,8 +7,8 @@ matplotlib.use('Agg')  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
-from sklearn.metrics import precision_recall_curve
 
+from utils.oracle import image_f1_optimal_threshold, pixel_f1_optimal
 
 _JET = (plt.get_cmap('jet')(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # colour lookup table
 
@@ -120,14 +120,6 @@ def decision_picture(display: Image.Image, anomaly_map: np.ndarray, mask: np.nda
     return overlay_picture(display, anomaly_map, mask, vmax, marks, banner, defective)
 
 
-def f1_optimal_threshold(masks: np.ndarray, maps: np.ndarray) -> float:
-    """The pixel threshold maximising F1 over the whole test set (labels: mask != 0)."""
-    precision, recall, thresholds = precision_recall_curve(masks.ravel().astype(bool), maps.ravel())
-    f1 = np.divide(2 * precision * recall, precision + recall,
-                   out=np.zeros_like(precision), where=(precision + recall) > 0)
-    return float(thresholds[np.argmax(f1[:-1])])
-
-
 def save_visualizations(class_name: str, folder: str, paths, maps: np.ndarray, scores: np.ndarray,
                         labels: np.ndarray, masks: np.ndarray, epoch: int, read_image, calibration: dict = None) -> str:
     """Write the figures of the test pass of ``epoch`` (the images at ``paths``) into ``folder``; return it.
@@ -141,18 +133,17 @@ def save_visualizations(class_name: str, folder: str, paths, maps: np.ndarray, s
     (an oracle), and the picture says so. The histogram marks each image threshold by name.
     """
     from matplotlib.ticker import MaxNLocator
-    from utils.calibration import f1_optimal_threshold as image_oracle
     from utils.calibration import decide_then_mask, mask_threshold
     os.makedirs(folder, exist_ok=True)
     labelled = bool(labels.any()) and not bool(labels.all())
-    oracle_image = image_oracle(labels, scores) if labelled else None
+    oracle_image = image_f1_optimal_threshold(labels, scores) if labelled else None
     if calibration is not None:
         t_image = calibration['image_threshold']
         which = 'stored thresholds (calibration)'
     else:
         t_image = oracle_image if oracle_image is not None else float(np.quantile(scores, 0.99))
         which = 'F1-optimal thresholds on these test labels (oracle)'
-        t_pixel = f1_optimal_threshold(masks, maps) if masks.any() else float(np.quantile(maps, 0.99))
+        t_pixel = pixel_f1_optimal(masks, maps)[0] if masks.any() else float(np.quantile(maps, 0.99))
     vmax = 2 * t_image if t_image > 0 else float(maps.max())
     for i, path in enumerate(paths):
         image = display_copy(read_image(path), minimum=256)

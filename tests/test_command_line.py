@@ -1,4 +1,5 @@
-"""A new user's first hour (issue 10): help, demo defaults, typos, progress in logs, hints that name the fix."""
+"""The command line as a new user meets it: help, demo defaults, typos, progress in logs, hints that name the
+fix, and the installed API and `cflow-ad` command from another folder."""
 import io
 import os
 import shutil
