@@ -3,6 +3,8 @@ calibration pass (a folder of good images through the model) that norm-train, ca
 predict all run. The packages take these options and never the settings namespace itself."""
 from typing import Optional, Sequence
 
+import numpy as np
+
 from custom_datasets import DataOptions
 from custom_datasets.common import LabelledImages, calibration_images
 from custom_datasets.loaders import LoaderOptions, make_loader
@@ -10,7 +12,10 @@ from config import checked_flags, derive, model_file_request
 from custom_models.model_file import SETTING_KEYS, stated_settings
 from custom_models.scoring import ScoreOptions, calibration_of, score_loader
 from custom_models.training import TrainOptions
-from utils.progress import count
+from utils.images import read_mask
+from utils.progress import count, progress
+from utils.segmentation_benchmark import BENCHMARK_PRO_LIMITS, SegmentationBenchmark
+from utils.submission_files import as_float16, finished, output_paths, read_pair, write_pair
 
 
 def model_settings(c) -> dict:
@@ -80,3 +85,30 @@ def read_settings(argv=None):
     """The settings of a command line: its flags, and what its model file states (read once, here)."""
     c = checked_flags(argv)
     return derive(c, model_file_statement(c))
+
+
+def benchmark_pass(detector, data_root: str, paths: Sequence[str], labels: Optional[Sequence[int]] = None,
+                   masks: Optional[Sequence[Optional[str]]] = None, out_dir: Optional[str] = None,
+                   batch_size: int = 8, limits: Sequence[float] = BENCHMARK_PRO_LIMITS) -> Optional[dict]:
+    """Score ``paths`` with a calibrated ``detector`` at each image's own resolution, a batch at a time: with
+    ``out_dir``, the files MVTec AD 2's server takes (``utils/submission_files.py``; finished ones are read back,
+    not scored again); with ``labels`` and ``masks``, the benchmark's metrics of the float16 maps as written
+    (``utils/segmentation_benchmark.py``). Returns the metrics, or None without labels."""
+    paths = list(paths)
+    benchmark = SegmentationBenchmark(limits) if labels is not None else None
+    for start in progress(range(0, len(paths), batch_size), desc='benchmark', total=-(-len(paths) // batch_size)):
+        chunk = paths[start:start + batch_size]
+        files = [output_paths(out_dir, data_root, p) if out_dir else None for p in chunk]
+        todo = [p for p, f in zip(chunk, files) if f is None or not finished(f)]
+        scored = dict(zip(todo, detector.predict(todo, batch_size))) if todo else {}
+        for k, (path, pair) in enumerate(zip(chunk, files)):
+            if path in scored:
+                map16, mask = as_float16(scored[path].anomaly_map), scored[path].mask
+                if pair is not None:
+                    write_pair(pair, map16, mask)
+            else:
+                map16, mask = read_pair(pair)
+            if benchmark is not None:
+                truth = masks[start + k]
+                benchmark.add(map16, mask, labels[start + k], np.asarray(read_mask(truth)) > 0 if truth else None)
+    return benchmark.metrics() if benchmark is not None else None

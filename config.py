@@ -15,11 +15,14 @@ from utils.threshold_options import check_threshold_options
 from utils.errors import CflowError
 from utils.results import model_name
 
-DATASETS = ('mvtec', 'stc', 'folder', 'demo')
-DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo'}
+DATASETS = ('mvtec', 'stc', 'folder', 'demo', 'visa', 'mvtec_ad2')
+DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo',
+                      'visa': './data/VisA', 'mvtec_ad2': './data/mvtec_ad_2'}
 FIBER_BATCH = 256  # N: fibers per training step, as published
-ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export')
+ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export', 'submission')
 DEPLOY_ACTIONS = ('calibrate', 'predict', 'export')  # a model file in, no dataset
+# actions whose model file's weights state the architecture (no -enc/-cb needed)
+WEIGHTS_STATE_ARCH = DEPLOY_ACTIONS + ('submission',)
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
 DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
@@ -73,7 +76,7 @@ def add_published_flags(p) -> None:
                    help='checkpoint to test, calibrate, predict with or export (authors\' .pt, our .safetensors '
                         'for predict/export/norm-test, or .onnx for predict)')
     p.add_argument('-cl', '--class-name', default='none', type=str, metavar='NAME',
-                   help='class name for MVTec/STC/folder (default: none)')
+                   help='class name for MVTec/STC/folder, object for VisA/MVTec AD 2 (default: none)')
     p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', type=str, metavar='ARCH',
                    help=f'feature extractor: {encoder_names_text()} (default: wide_resnet50_2)')
     p.add_argument('-dec', '--dec-arch', default='freia-cflow', type=str, metavar='ARCH',
@@ -111,7 +114,12 @@ def add_published_flags(p) -> None:
 
 def add_run_flags(p) -> None:
     p.add_argument('--data-path', default=None, type=str, metavar='DIR',
-                   help='dataset folder (default: ./data/MVTec-AD, ./data/STC/shanghaitech or ./data/demo)')
+                   help='dataset folder (default: ./data/MVTec-AD, ./data/STC/shanghaitech, ./data/demo, ./data/VisA '
+                        'or ./data/mvtec_ad_2)')
+    p.add_argument('--pro-limit', default=None, type=float, metavar='FPR',
+                   help='also report SEG_AUPRO@FPR: the area under the exact PRO curve up to this false-positive '
+                        'rate, normalised (as MVTec AD 2\'s evaluation computes it); not for --dataset mvtec, whose '
+                        'AUPRO stays the published one (MVTec AD 2 always reports @0.05 and @0.3)')
     p.add_argument('--seed', default=None, type=int, metavar='N',
                    help='seed of every random choice (default: the -run number, so runs 0..3 differ)')
     p.add_argument('--save-best', action='store_true', default=False,
@@ -337,6 +345,7 @@ def check_flags(args, given: Optional[set] = None) -> Settings:
         raise CflowError(f'{c.checkpoint} holds the calibration it was exported with: drop --calibration-path, or '
                          f'calibrate the checkpoint and export it again')
     check_action_flags(c)
+    check_dataset_flags(c)
     check_counts(c)
     if c.action_type == 'norm-train' and c.checkpoint:
         raise CflowError('--checkpoint is for norm-test (the published code ignores it when training, and a '
@@ -383,6 +392,17 @@ def check_action_flags(c) -> None:
         raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
 
 
+def check_dataset_flags(c) -> None:
+    """Flags that belong to one dataset (the benchmarks' metrics and files)."""
+    if c.action_type == 'submission' and c.dataset != 'mvtec_ad2':
+        raise CflowError(f'--action-type submission writes MVTec AD 2\'s server files: pass --dataset mvtec_ad2 '
+                         f'(got {c.dataset})')
+    if c.pro_limit is not None and c.dataset == 'mvtec':
+        raise CflowError('--pro-limit is for the other datasets: MVTec AD keeps the published CFLOW AUPRO (--pro)')
+    if c.pro_limit is not None and not 0 < c.pro_limit <= 1:
+        raise CflowError(f'--pro-limit {c.pro_limit:g}: pass a false-positive rate in (0, 1], e.g. 0.05 or 0.3')
+
+
 def check_counts(c) -> None:
     for flag, value in (('-pl/--pool-layers', c.pool_layers), ('-cb/--coupling-blocks', c.coupling_blocks),
                         ('-inp/--input-size', c.input_size), ('-bs/--batch-size', c.batch_size),
@@ -399,7 +419,7 @@ def model_file_request(c) -> Optional[Tuple[str, bool, Optional[str]]]:
     weights state the architecture (calibrate, predict, export), the -enc given to prefer)."""
     if not c.checkpoint or c.action_type == 'norm-train':
         return None
-    return c.checkpoint, c.action_type in DEPLOY_ACTIONS, c.enc_arch if 'enc_arch' in c.given else None
+    return c.checkpoint, c.action_type in WEIGHTS_STATE_ARCH, c.enc_arch if 'enc_arch' in c.given else None
 
 
 def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Settings:
@@ -410,7 +430,7 @@ def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Set
     from custom_datasets.stc import STC_MEAN, STC_STD
     from custom_models.encoders import input_size_fits, smallest_input_size
     from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
-    if is_exported(c.checkpoint) and c.action_type != 'predict':
+    if is_exported(c.checkpoint) and c.action_type not in ('predict', 'submission'):
         raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
                          f'{c.checkpoint}{precision_note(stated[1])}: pass the checkpoint it was exported from')
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)

@@ -21,6 +21,9 @@ def action(name: str):
     if name == 'export':
         from export import run_export
         return run_export
+    if name == 'submission':
+        from submission import run_submission
+        return run_submission
     from train import run  # norm-train, norm-test
     return run
 

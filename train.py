@@ -13,8 +13,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from actions import (calibrate_images, calibrate_on_folder, data_options, loader_options, model_settings,
-                     score_options, train_options)
+from actions import (benchmark_pass, calibrate_images, calibrate_on_folder, data_options, loader_options,
+                     model_settings, score_options, train_options)
 from custom_datasets import build_datasets
 from custom_datasets.common import calibration_images, require_defect_pixels
 from utils.images import read_rgb
@@ -29,9 +29,12 @@ from utils.oracle import image_f1_optimal_threshold
 from custom_models.checkpoint import save_checkpoint
 from utils.errors import CflowError, user_message
 from utils.metrics import aupro, detection_auroc, localization_auroc, require_both_classes
-from custom_models.model_file import read_model
+from custom_models.detector import detector_from_model
+from custom_models.model_file import LoadedModel, read_model
 from utils.results import METRIC_NAMES, ScoreObserver, reserve_run, write_results
+from utils.pro_curve import ProCurve
 from utils.progress import count
+from utils.segmentation_benchmark import benchmark_limits, pro_name
 from utils.threads import ThreadPolicy
 
 
@@ -90,11 +93,18 @@ def check_fiber_count(c, encoder, n_train: int) -> None:
 
 
 def map_metrics(c, labels, masks, maps: np.ndarray, image_score: np.ndarray) -> dict:
-    """Detection AUROC, localization AUROC and (with --pro) AUPRO, in %."""
+    """Detection AUROC, localization AUROC, with --pro the published AUPRO and with --pro-limit L the AU-PRO
+    up to FPR L over the exact PRO curve (at the model's resolution; MVTec AD 2's own metrics are computed at
+    each image's, after calibration), in %."""
     metrics = {'DET_AUROC': 100.0 * detection_auroc(labels, image_score),
                'SEG_AUROC': 100.0 * localization_auroc(masks, maps)}
     if c.pro:
         metrics['SEG_AUPRO'] = 100.0 * aupro(masks, maps)
+    if c.pro_limit is not None and c.dataset != 'mvtec_ad2':
+        curve = ProCurve()
+        for anomaly_map, mask in zip(maps, masks):
+            curve.add(anomaly_map, mask)
+        metrics[pro_name(c.pro_limit)] = 100.0 * curve.au_pro(c.pro_limit)
     return metrics
 
 
@@ -124,6 +134,27 @@ def print_calibrated(result: dict) -> None:
     for name, q in (('stored threshold', stored), ('F1-optimal threshold (oracle)', oracle)):
         print(f'  at the {name} {q["threshold"]:.4g}: false-positive rate {100 * q["fpr"]:.1f}% on good images, '
               f'recall {100 * q["recall"]:.1f}%, F1 {100 * q["f1"]:.1f}%')
+
+
+def benchmark_metrics(c, encoder, decoders, calibration: Optional[dict], test_set, source: str) -> Optional[dict]:
+    """MVTec AD 2's metrics of test_public (``utils/segmentation_benchmark.py``): the calibrated maps at each
+    image's own resolution, in float16 as ``--action-type submission`` writes them, SegF1 at the stored
+    thresholds. A model without calibration is calibrated on validation/good first (the benchmark's rule)."""
+    from custom_datasets.mvtec_ad2 import CALIBRATION_SOURCE, good_images
+    if calibration is None:
+        if c.action_type == 'norm-train':
+            return None  # its calibration failed (said so): no thresholds to score with
+        calibration = calibrate_images(c, encoder, decoders, good_images(c.data_path, c.class_name, 'validation'),
+                                       CALIBRATION_SOURCE)
+    detector = detector_from_model(LoadedModel(encoder, decoders, model_settings(c), calibration), calibration,
+                                   c.device, source)
+    metrics = benchmark_pass(detector, c.data_path, test_set.x, test_set.y, test_set.mask, batch_size=c.batch_size,
+                             limits=benchmark_limits(c.pro_limit))
+    print(f'MVTec AD 2 metrics of test_public (calibrated on {calibration["source"]}; each image\'s own size): ' +
+          ', '.join(f'{name} {value:.2f}' for name, value in metrics.items()))
+    return {'split': 'test_public', 'resolution': 'each image\'s own', 'maps': 'float16, as submitted', **metrics,
+            'image_threshold': calibration['image_threshold'], 'pixel_threshold': calibration['pixel_threshold'],
+            'calibration_source': calibration['source']}
 
 
 def build_model(c):
@@ -187,7 +218,10 @@ def run(c) -> dict:
             scores = score_loader(score_options(c), test_loader, encoder, decoders)
             print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
             maps, image_score, metrics = evaluate(c, scores)
-            improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()}
+            improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()
+                        if name in observers}
+            for name in sorted(set(metrics) - set(observers)):  # --pro-limit's: in the results files' epochs
+                print(f'{name}: \t {metrics[name]:.2f}')
             if c.save_best and improved['SEG_AUROC'] and optimizer is not None:
                 save_checkpoint(best_path, encoder, decoders)
                 print(f'Saving weights to {best_path}')
@@ -207,14 +241,13 @@ def run(c) -> dict:
             calibration = calibrate_final(c, encoder, decoders, train_set, calibration_paths, final_path, scores,
                                           history)
     except BaseException as exc:  # Ctrl-C or an error: keep what was done, marked as not complete
-        status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
-        files = write_results(c.items(), run_files, observers, history, checkpoints, status=status,
-                              extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
-        kept = f'checkpoints {", ".join(checkpoints)}' if checkpoints else 'no checkpoint'
-        print(f'Run {status} after {len(history)} of {c.meta_epochs} tested epochs: kept {files["json"]} '
-              f'(status "{status}") and {kept}; no results .txt line (it is written for complete runs only)')
+        record_stop(c, exc, run_files, observers, history, checkpoints)
         raise
-    files = write_results(c.items(), run_files, observers, history, checkpoints)
+    extra = None
+    if c.dataset == 'mvtec_ad2' and labelled:
+        extra = {'benchmark': benchmark_metrics(c, encoder, decoders, calibration, test_set,
+                                                checkpoints[-1] if checkpoints else c.checkpoint)}
+    files = write_results(c.items(), run_files, observers, history, checkpoints, extra=extra)
     print_summary(c, observers, history)
     if c.viz and labelled:
         files['viz'] = visualize(c, run_files.viz_dir, test_set.x, scores, maps, image_score, calibration,
@@ -222,6 +255,16 @@ def run(c) -> dict:
     print(f'Results in {", ".join(files[k] for k in ("text", "json") if k in files)}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
             'maps': maps, 'scores': image_score, 'labels': scores.labels if scores else None}
+
+
+def record_stop(c, exc: BaseException, run_files, observers, history, checkpoints) -> None:
+    """A run stopped by Ctrl-C or an error: its results file marked as not complete, and what was kept."""
+    status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
+    files = write_results(c.items(), run_files, observers, history, checkpoints, status=status,
+                          extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
+    kept = f'checkpoints {", ".join(checkpoints)}' if checkpoints else 'no checkpoint'
+    print(f'Run {status} after {len(history)} of {c.meta_epochs} tested epochs: kept {files["json"]} '
+          f'(status "{status}") and {kept}; no results .txt line (it is written for complete runs only)')
 
 
 def training_setup(c, encoder, decoders, train_set):

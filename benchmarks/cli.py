@@ -4,19 +4,20 @@ import os
 
 import torch
 
-from benchmarks import (aupro, encoders, loader, masks, modes, pipeline, predict, quantize, sizes, stages, threads,
-                        training)
+from benchmarks import (aupro, encoders, loader, masks, modes, pipeline, predict, quantize, segmentation, sizes,
+                        stages, threads, training)
 from benchmarks.rows import table, write_rows
 from custom_models.encoders import ENCODER_ARCHS
 
 # name (for --skip) -> the module whose run(a) measures it, in the order they run
 SECTIONS = {'pipeline': pipeline, 'aupro': aupro, 'loader': loader, 'predict': predict, 'stages': stages,
             'encoders': encoders, 'sizes': sizes, 'train': training, 'threads': threads, 'masks': masks,
-            'quantize': quantize}
+            'quantize': quantize, 'segmentation': segmentation}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description='The benchmark: the published paths against ours, and what users run end to end.')
+    p = argparse.ArgumentParser(description='The benchmark: the published paths against ours, and what users run '
+                                            'end to end.')
     p.add_argument('-enc', '--enc-arch', default='wide_resnet50_2', choices=ENCODER_ARCHS,
                    help='encoder of the test-pipeline and predict sections (default: wide_resnet50_2)')
     p.add_argument('-inp', '--input-size', default=256, type=int, help='image side in pixels (default: 256)')
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='predict: INT8 exports timed beside fp32 OpenVINO (comma-separated; empty: none)')
     p.add_argument('--quantize-seeds', default='0,201,202,203',
                    help='quantize: data seeds of the demo-style classes (0: the demo\'s; the others no test uses)')
+    p.add_argument('--seg-images', default=1000, type=int,
+                   help='segmentation: images MVTec AD 2\'s metrics are computed over (default: 1000)')
+    p.add_argument('--seg-size', default='2000x1500', help='segmentation: WIDTHxHEIGHT of each map (default: 2000x1500)')
+    p.add_argument('--seg-baseline-images', default=20, type=int,
+                   help='segmentation: images for the official all-at-once computation beside ours (0: none; '
+                        'default: 20, about 4 GB)')
     p.add_argument('--rows-json', default='', metavar='FILE',
                    help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))

@@ -47,7 +47,8 @@ def model_rows(a, model, runtimes: dict, int8: dict, folder: str, size: int) -> 
         notes[name] = f'max diff vs PyTorch {data[name]["max_diff_vs_pytorch"]:.1e} of the map range'
     versus = paired_ratio(seconds['predict model, onnxruntime'], seconds['predict model, OpenVINO'])
     data['predict model, OpenVINO']['x_onnxruntime'] = versus
-    notes['predict model, OpenVINO'] += f'; {versus["median"]:.2f}x onnxruntime [{versus["min"]:.2f}-{versus["max"]:.2f}]'
+    notes['predict model, OpenVINO'] += (f'; {versus["median"]:.2f}x onnxruntime '
+                                         f'[{versus["min"]:.2f}-{versus["max"]:.2f}]')
     image = ImageFiles(list_images(folder)[:1], a.input_size, display=False)[0][0][None]
     fp32_maps = runtimes['predict model, OpenVINO'](image)[0]
     for name, run in int8.items():

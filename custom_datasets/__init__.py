@@ -31,7 +31,10 @@ def build_datasets(options: DataOptions) -> Tuple[Optional[Dataset], Dataset]:
     o = options
     if o.class_name == 'none':
         from custom_datasets.mvtec import MVTEC_CLASS_NAMES
-        choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path'}
+        from custom_datasets.mvtec_ad2 import MVTEC_AD2_CLASS_NAMES
+        from custom_datasets.visa import VISA_CLASS_NAMES
+        choices = {'mvtec': ', '.join(MVTEC_CLASS_NAMES), 'stc': '01 .. 12', 'folder': 'a folder under --data-path',
+                   'visa': ', '.join(VISA_CLASS_NAMES), 'mvtec_ad2': ', '.join(MVTEC_AD2_CLASS_NAMES)}
         raise CflowError(f'--dataset {o.dataset} needs -cl/--class-name NAME ({choices[o.dataset]}); '
                          f'for a first try without data, use --dataset demo')
     norm = dict(mean=o.mean, std=o.std)
@@ -40,6 +43,16 @@ def build_datasets(options: DataOptions) -> Tuple[Optional[Dataset], Dataset]:
 
         def make(train):
             return mvtec_dataset(o.data_path, o.class_name, o.input_size, train, **norm)
+    elif o.dataset == 'visa':
+        from custom_datasets.visa import visa_dataset
+
+        def make(train):
+            return visa_dataset(o.data_path, o.class_name, o.input_size, train, **norm)
+    elif o.dataset == 'mvtec_ad2':
+        from custom_datasets.mvtec_ad2 import mvtec_ad2_dataset
+
+        def make(train):
+            return mvtec_ad2_dataset(o.data_path, o.class_name, o.input_size, train, **norm)
     elif o.dataset == 'stc':
         from custom_datasets.stc import stc_dataset
 

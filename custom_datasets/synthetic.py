@@ -154,3 +154,71 @@ def make_stc_layout(root: str, scene: str = '01', seed: int = 0, image_size: int
             os.makedirs(os.path.join(root, 'testing', folder), exist_ok=True)
             np.save(os.path.join(root, 'testing', folder, f'{clip}.npy'), array)
     return root
+
+
+def _picture(rng: np.random.Generator, width: int, height: int, defect: Optional[str] = None):
+    """(width x height x 3 texture image, its 0/255 defect mask or None): the demo's texture, cropped."""
+    image = _texture(rng, max(width, height))[:height, :width].copy()
+    if defect is None:
+        return image, None
+    square = np.zeros((max(width, height),) * 2 + (3,))
+    square[:height, :width] = image
+    mask = _draw_defect(rng, square, defect)[:height, :width]
+    if not mask.any():  # the defect fell outside the crop: draw again
+        return _picture(rng, width, height, defect)
+    return square[:height, :width], mask
+
+
+def make_visa_layout(root: str, objects=('candle',), seed: int = 0, width: int = 120, height: int = 96,
+                     n_train: int = 32, n_test_good: int = 8, n_test_defect: int = 8) -> str:
+    """A small VisA download (``custom_datasets/visa.py``): JPEG images, masks with defect value 1 (any
+    non-zero value counts), ``split_csv/1cls.csv``, and one image per object that the split file does not
+    list (it must not be read)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for obj in objects:
+        images, masks = os.path.join(obj, 'Data', 'Images'), os.path.join(obj, 'Data', 'Masks', 'Anomaly')
+        for i in range(n_train + n_test_good + 1):
+            name = os.path.join(images, 'Normal', f'{i:04d}.JPG')
+            _save_jpeg(_picture(rng, width, height)[0], os.path.join(root, name))
+            if i < n_train + n_test_good:  # the last one is left out of the split file
+                rows.append((obj, 'train' if i < n_train else 'test', 'normal', name, ''))
+        for i in range(n_test_defect):
+            image, mask = _picture(rng, width, height, DEFECT_TYPES[i % 2])
+            name, mask_name = os.path.join(images, 'Anomaly', f'{i:03d}.JPG'), os.path.join(masks, f'{i:03d}.png')
+            _save_jpeg(image, os.path.join(root, name))
+            os.makedirs(os.path.join(root, masks), exist_ok=True)
+            Image.fromarray((mask > 0).astype(np.uint8)).save(os.path.join(root, mask_name))
+            rows.append((obj, 'test', 'anomaly', name, mask_name))
+    os.makedirs(os.path.join(root, 'split_csv'), exist_ok=True)
+    with open(os.path.join(root, 'split_csv', '1cls.csv'), 'w') as f:
+        f.write('object,split,label,image,mask\n' + ''.join(','.join(r) + '\n' for r in rows))
+    return root
+
+
+def _save_jpeg(array: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8)).save(path, quality=95)
+
+
+def make_mvtec_ad2_layout(root: str, obj: str = 'can', seed: int = 0, width: int = 144, height: int = 112,
+                          n_train: int = 32, n_validation: int = 12, n_test_good: int = 8, n_test_defect: int = 8,
+                          n_private: int = 4) -> str:
+    """A small MVTec AD 2 object (``custom_datasets/mvtec_ad2.py``): non-square PNGs named as the benchmark
+    names them (``000_regular.png``), masks 0/255, and unlabelled test_private and test_private_mixed."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, obj)
+    for split, count in (('train/good', n_train), ('validation/good', n_validation),
+                         ('test_public/good', n_test_good)):
+        for i in range(count):
+            _save(_picture(rng, width, height)[0], os.path.join(folder, split, f'{i:03d}_regular.png'))
+    for i in range(n_test_defect):
+        image, mask = _picture(rng, width, height, DEFECT_TYPES[i % 2])
+        _save(image, os.path.join(folder, 'test_public', 'bad', f'{i:03d}_regular.png'))
+        os.makedirs(os.path.join(folder, 'test_public', 'ground_truth', 'bad'), exist_ok=True)
+        Image.fromarray(mask).save(os.path.join(folder, 'test_public', 'ground_truth', 'bad', f'{i:03d}_regular_mask.png'))
+    for split in ('test_private', 'test_private_mixed'):
+        for i in range(n_private):
+            defect = DEFECT_TYPES[i % 2] if i % 2 else None
+            _save(_picture(rng, width, height, defect)[0], os.path.join(folder, split, f'{i:03d}_regular.png'))
+    return root

@@ -90,6 +90,12 @@ def test_the_installed_api_and_command_work_from_another_folder(tmp_path):
     found = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert os.path.samefile(found.stdout.strip(), ROOT)
+    # every top-level module and package is installed (the verbs import actions, the bench its package)
+    modules = sorted(n[:-3] for n in os.listdir(ROOT) if n.endswith('.py')) + sorted(
+        n for n in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, n, '__init__.py')) and n != 'tests')
+    every = subprocess.run([sys.executable, '-c', f'import {", ".join(modules)}'], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert every.returncode == 0, every.stderr[-500:]
     command = os.path.join(os.path.dirname(sys.executable), 'cflow-ad')
     result = subprocess.run([command, '--dataset', 'nope'], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown --dataset 'nope'")

@@ -31,7 +31,9 @@ class Preset:
     action: str = 'norm-train'  # 'norm-test' for the released checkpoints
 
     def input_for(self, class_name: str) -> int:
-        return self.input_size[class_name] if isinstance(self.input_size, dict) else self.input_size
+        if isinstance(self.input_size, dict):  # table B's per-class sizes; 256 for a class of another dataset
+            return self.input_size.get(class_name, 256)
+        return self.input_size
 
     def model(self, dataset: str, class_name: str, run: int, input_size: Optional[int] = None) -> str:
         inp = input_size or self.input_for(class_name)

@@ -25,6 +25,9 @@ from utils.atomic import atomic_write, atomic_write_text
 from utils.results import METRIC_NAMES, read_results
 
 AVERAGE = 'average'
+# MVTec AD 2's own metrics, one value per run (the calibrated model's evaluation: results JSON 'benchmark')
+BENCHMARK_PREFIX = 'MVTec AD 2 '
+BENCHMARK_ROWS = tuple(BENCHMARK_PREFIX + m for m in ('SEG_AUPRO@0.05', 'SEG_AUPRO@0.3', 'DET_AUROC', 'SEG_F1'))
 
 
 def complete_reports(results_dir: str):
@@ -65,13 +68,20 @@ def metric_value(report: dict, metric: str, kind: str) -> Optional[float]:
     return last if kind == 'last' else report['max'][metric]['value']
 
 
-def summarise(runs: Dict[tuple, dict], classes: List[str], published: Dict[str, Dict[str, float]]) -> List[dict]:
+def benchmark_value(report: dict, metric: str, kind: str) -> Optional[float]:
+    """A run's value of one of MVTec AD 2's metrics (``BENCHMARK_ROWS``): one per run, so max = last."""
+    return (report.get('benchmark') or {}).get(metric[len(BENCHMARK_PREFIX):])
+
+
+def summarise(runs: Dict[tuple, dict], classes: List[str], published: Dict[str, Dict[str, float]],
+              metrics=METRIC_NAMES, metric_value=metric_value) -> List[dict]:
     """One row per (class or average, metric) with ours (max/last, mean/std), published and diff.
 
     A run without a metric is left out of that metric's rows (``missing`` counts them), never
-    counted as 0; the average is over the classes that have the metric."""
+    counted as 0; the average is over the classes that have the metric. ``metric_value``: how a run's
+    value is read (the per-epoch metrics; ``benchmark_value`` for MVTec AD 2's own)."""
     rows = []
-    for metric in METRIC_NAMES:
+    for metric in metrics:
         per_class_runs = {cls: {run: r for (c, run), r in runs.items() if c == cls} for cls in classes}
         have = {cls: {run: r for run, r in per_class.items() if metric_value(r, metric, 'last') is not None}
                 for cls, per_class in per_class_runs.items()}
@@ -151,7 +161,7 @@ def write_report(out_dir: str, title: str, rows: List[dict], notes: List[str]) -
     atomic_write_text(paths['csv'], buffer.getvalue())
 
     lines = [f'# {title}', ''] + [f'- {n}' for n in notes] + ['']
-    for metric in METRIC_NAMES:
+    for metric in dict.fromkeys(r['metric'] for r in rows):
         metric_rows = [r for r in rows if r['metric'] == metric]
         if not metric_rows:
             continue
