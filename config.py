@@ -19,10 +19,10 @@ DATASETS = ('mvtec', 'stc', 'folder', 'demo', 'visa', 'mvtec_ad2')
 DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo',
                       'visa': './data/VisA', 'mvtec_ad2': './data/mvtec_ad_2'}
 FIBER_BATCH = 256  # N: fibers per training step, as published
-ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export', 'submission')
+ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export', 'submission', 'serve')
 DEPLOY_ACTIONS = ('calibrate', 'predict', 'export')  # a model file in, no dataset
 # actions whose model file's weights state the architecture (no -enc/-cb needed)
-WEIGHTS_STATE_ARCH = DEPLOY_ACTIONS + ('submission',)
+WEIGHTS_STATE_ARCH = DEPLOY_ACTIONS + ('submission', 'serve')
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # --dataset demo: for each size flag the user leaves out (dest: (flag, value)).
 DEMO_DEFAULTS = {'enc_arch': ('-enc', 'resnet18'), 'input_size': ('-inp', 128),
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p.add_argument_group('data, runs and model files'))
     add_predict_flags(p.add_argument_group('predict'))
     add_deployment_flags(p.add_argument_group('calibrate and export'))
+    add_service_flags(p.add_argument_group('serve: the model behind HTTP (--action-type serve)'))
     add_speed_flags(p.add_argument_group('speed (the same results, or opt-in fast modes that change them slightly)'))
     return p
 
@@ -181,6 +182,29 @@ def add_deployment_flags(p) -> None:
     p.add_argument('--quantize-scope', default='encoder', choices=('encoder', 'flows', 'both'),
                    help='export --quantize: what is quantized: the encoder\'s convolutions, the flows\' matrix '
                         'products, or both (default: encoder, the one that kept the quality; BENCHMARKS.md)')
+
+
+def add_service_flags(p) -> None:
+    p.add_argument('--host', default='127.0.0.1', metavar='ADDR',
+                   help='serve: address to listen on (default: 127.0.0.1, this machine only; another needs --api-key)')
+    p.add_argument('--port', default=8000, type=int, metavar='N', help='serve: TCP port (default: 8000)')
+    p.add_argument('--max-batch', default=8, type=int, metavar='N',
+                   help='serve: images scored in one model call when requests arrive together (default: 8)')
+    p.add_argument('--max-wait-ms', default=5.0, type=float, metavar='MS',
+                   help='serve: how long an image waits for others to fill its batch (default: 5)')
+    p.add_argument('--max-queue', default=64, type=int, metavar='N',
+                   help='serve: requests admitted at once, waiting or being scored; more are answered 503 with '
+                        'Retry-After (default: 64)')
+    p.add_argument('--max-upload-mb', default=50.0, type=float, metavar='MB',
+                   help='serve: largest upload; a larger one is answered 413 (default: 50)')
+    p.add_argument('--api-key', default=None, metavar='KEY',
+                   help='serve: every endpoint but /health and the page needs header X-API-Key: KEY (default: '
+                        '$CFLOW_API_KEY; required with a --host other than 127.0.0.1)')
+    p.add_argument('--log-dir', default=None, metavar='DIR',
+                   help='serve: append every decision to DIR/decisions.jsonl (time, source, score, decision, model '
+                        'SHA-256), flushed per batch')
+    p.add_argument('--save-defective', default=None, metavar='DIR',
+                   help='serve: keep each image decided defective, with its overlay, in DIR')
 
 
 def add_speed_flags(p) -> None:
@@ -364,11 +388,13 @@ def check_action_flags(c) -> None:
     """Flags that belong to one action (predict's, export's) given to another, or missing where needed."""
     if c.action_type == 'predict' and not c.input:
         raise CflowError('--action-type predict needs --input PATH (an image, a folder or a video)')
+    served = ('runtime', 'sensitivity', 'image_threshold', 'pixel_threshold')  # serve takes these too
     predict_only = [flag for flag, dest in (('--runtime', 'runtime'), ('--sensitivity', 'sensitivity'),
                                             ('--streams', 'streams'), ('--openvino-cache', 'openvino_cache'),
                                             ('--image-threshold', 'image_threshold'),
                                             ('--pixel-threshold', 'pixel_threshold'),
-                                            ('--fail-on-skip', 'fail_on_skip')) if getattr(c, dest) not in (None, False)]
+                                            ('--fail-on-skip', 'fail_on_skip'))
+                    if getattr(c, dest) not in (None, False) and not (c.action_type == 'serve' and dest in served)]
     if predict_only and c.action_type != 'predict':
         raise CflowError(f'{predict_only[0]} is for --action-type predict (it does not change a model file): drop it, '
                          f'or pass --action-type predict')
@@ -377,8 +403,10 @@ def check_action_flags(c) -> None:
     if c.action_type == 'predict' and c.streams is not None and not is_exported(c.checkpoint):
         raise CflowError('--streams is for an exported .onnx (onnxruntime or OpenVINO): drop it, or export the '
                          'model with --action-type export --output model.onnx')
-    if c.action_type == 'predict':
+    if c.action_type in ('predict', 'serve'):
         check_threshold_options(c.image_threshold, c.pixel_threshold, c.sensitivity)
+    if c.action_type == 'serve':
+        check_serve_flags(c)
     if c.quantize and c.action_type != 'export':
         raise CflowError('--quantize is for --action-type export (it writes an INT8 OpenVINO .xml): drop it, or pass '
                          '--action-type export')
@@ -390,6 +418,15 @@ def check_action_flags(c) -> None:
                          f'(e.g. model_int8.xml)')
     if c.action_type == 'export' and not c.output:
         raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
+
+
+def check_serve_flags(c) -> None:
+    for flag, value in (('--max-batch', c.max_batch), ('--max-queue', c.max_queue), ('--port', c.port)):
+        if value < 1:
+            raise CflowError(f'{flag} must be at least 1, got {value}')
+    for flag, value in (('--max-wait-ms', c.max_wait_ms), ('--max-upload-mb', c.max_upload_mb)):
+        if not value >= 0:
+            raise CflowError(f'{flag} must be 0 or more, got {value:g}')
 
 
 def check_dataset_flags(c) -> None:
@@ -430,7 +467,7 @@ def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Set
     from custom_datasets.stc import STC_MEAN, STC_STD
     from custom_models.encoders import input_size_fits, smallest_input_size
     from custom_models.flows import CLAMP_ALPHA, CONDITION_VEC
-    if is_exported(c.checkpoint) and c.action_type not in ('predict', 'submission'):
+    if is_exported(c.checkpoint) and c.action_type not in ('predict', 'submission', 'serve'):
         raise CflowError(f'{c.action_type} needs the model\'s weights (.pt or .safetensors), not the exported graph '
                          f'{c.checkpoint}{precision_note(stated[1])}: pass the checkpoint it was exported from')
     c.norm_mean, c.norm_std = (STC_MEAN, STC_STD) if c.dataset == 'stc' else (IMAGENET_MEAN, IMAGENET_STD)

@@ -21,6 +21,9 @@ def action(name: str):
     if name == 'export':
         from export import run_export
         return run_export
+    if name == 'serve':
+        from serve import run_serve
+        return run_serve
     if name == 'submission':
         from submission import run_submission
         return run_submission

@@ -43,7 +43,7 @@ from actions import calibrate_on_folder, model_settings
 from utils.progress import count, progress
 from utils.pipeline import automatic_streams
 from utils.prediction_files import BackgroundWriter, PredictionTable, save_overlay, save_png
-from utils.viz import decision_picture, index_html
+from utils.viz import index_html, prediction_picture
 
 # ----------------------------------------------------------------------------------
 # The model: the same Detector as ``custom_models.load_model`` (custom_models/detector.py)
@@ -151,9 +151,7 @@ def write_pictures(display: Image.Image, result, t, overlay_path: str, mask_path
                    precision: str = 'fp32') -> Image.Image:
     """One image's overlay (composed here: on the writer thread it overlaps the next images' scoring) and
     its mask, each written atomically; returns the overlay. A quantized model is named on it."""
-    which = f'thresholds: {t.source}' + ('' if precision == 'fp32' else f'; {precision.upper()} model')
-    overlay = decision_picture(display, result.model_map, result.mask, 2 * t.image, result.score, t.image,
-                               result.thresholds['mask_threshold'], result.defective, which)
+    overlay = prediction_picture(display, result, t, precision)
     save_overlay(overlay_path, overlay)
     save_png(mask_path, Image.fromarray((result.mask * 255).astype(np.uint8)))
     return overlay

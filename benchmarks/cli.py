@@ -4,15 +4,15 @@ import os
 
 import torch
 
-from benchmarks import (aupro, encoders, loader, masks, modes, pipeline, predict, quantize, segmentation, sizes,
-                        stages, threads, training)
+from benchmarks import (aupro, encoders, loader, masks, modes, pipeline, predict, quantize, segmentation, service,
+                        sizes, stages, threads, training)
 from benchmarks.rows import table, write_rows
 from custom_models.encoders import ENCODER_ARCHS
 
 # name (for --skip) -> the module whose run(a) measures it, in the order they run
 SECTIONS = {'pipeline': pipeline, 'aupro': aupro, 'loader': loader, 'predict': predict, 'stages': stages,
             'encoders': encoders, 'sizes': sizes, 'train': training, 'threads': threads, 'masks': masks,
-            'quantize': quantize, 'segmentation': segmentation}
+            'quantize': quantize, 'segmentation': segmentation, 'service': service}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seg-baseline-images', default=20, type=int,
                    help='segmentation: images for the official all-at-once computation beside ours (0: none; '
                         'default: 20, about 4 GB)')
+    p.add_argument('--service-images', default=48, type=int, help='service: PNG files sent (default: 48)')
+    p.add_argument('--service-image-size', default=512, type=int, help='service: side of the PNG files (default: 512)')
+    p.add_argument('--service-rounds', default=3, type=int, help='service: interleaved rounds (default: 3)')
     p.add_argument('--rows-json', default='', metavar='FILE',
                    help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))

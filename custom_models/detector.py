@@ -52,6 +52,11 @@ class Thresholds:
     def mask(self, score: float) -> float:
         return mask_threshold(score, self.as_dict())
 
+    def with_sensitivity(self, sensitivity: float) -> 'Thresholds':
+        """These thresholds moved by a sensitivity S: t_I / S and t_P / S (module docstring)."""
+        source = f'sensitivity {sensitivity:g}' if self.source == 'stored' else f'{self.source}; sensitivity {sensitivity:g}'
+        return Thresholds(self.image / sensitivity, self.pixel / sensitivity, self.mask_peak_share, source)
+
     def as_dict(self) -> dict:
         return {'image_threshold': self.image, 'pixel_threshold': self.pixel,
                 'mask_peak_share': self.mask_peak_share, 'thresholds': self.source}
@@ -64,7 +69,7 @@ def choose_thresholds(calibration: dict, image_threshold: Optional[float] = None
     share = calibration.get('mask_peak_share', MASK_PEAK_SHARE)
     t_image, t_pixel = calibration['image_threshold'], calibration['pixel_threshold']
     if sensitivity is not None:
-        return Thresholds(t_image / sensitivity, t_pixel / sensitivity, share, f'sensitivity {sensitivity:g}')
+        return Thresholds(t_image, t_pixel, share, 'stored').with_sensitivity(sensitivity)
     if image_threshold is None and pixel_threshold is None:
         return Thresholds(t_image, t_pixel, share, 'stored')
     chosen = [f'{flag} {value:g}' for flag, value in (('--image-threshold', image_threshold),
@@ -154,9 +159,11 @@ class Detector:
                                                               self.streams):
             yield payload, maps, scores
 
-    def result(self, model_map: np.ndarray, score: float, size: Tuple[int, int]) -> Prediction:
-        """One image's prediction at its own ``size`` = (width, height)."""
-        t = self.thresholds
+    def result(self, model_map: np.ndarray, score: float, size: Tuple[int, int],
+               thresholds: Optional[Thresholds] = None) -> Prediction:
+        """One image's prediction at its own ``size`` = (width, height), at the detector's thresholds or at
+        ``thresholds`` (e.g. another sensitivity for this one image)."""
+        t = thresholds or self.thresholds
         t_mask = t.mask(score)
         defective, mask = decide_then_mask(model_map, score, t.image, t_mask)
         return Prediction(float(score), defective, full_size_mask(model_map, mask, size),

@@ -44,12 +44,17 @@ def unreadable(path: str, exc: Exception, what: str = 'image') -> CflowError:
     return CflowError(f'cannot read {what} {path} ({exc}): replace or remove the file')
 
 
+def open_rgb(source) -> Image.Image:
+    """Decode a path or a binary file object as RGB; Pillow's own errors (``READ_ERRORS``) propagate."""
+    with Image.open(source) as image:
+        image.load()
+        return to_rgb(image)
+
+
 def read_rgb(path: str) -> Image.Image:
     """Open an image file as RGB, or fail with a message naming the file."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
+        return open_rgb(path)
     except READ_ERRORS as exc:
         raise unreadable(path, exc) from None
 

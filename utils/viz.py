@@ -120,6 +120,14 @@ def decision_picture(display: Image.Image, anomaly_map: np.ndarray, mask: np.nda
     return overlay_picture(display, anomaly_map, mask, vmax, marks, banner, defective)
 
 
+def prediction_picture(display: Image.Image, result, thresholds, precision: str = 'fp32') -> Image.Image:
+    """predict's overlay of one ``Prediction`` (custom_models/detector.py) at ``thresholds`` (its
+    ``Thresholds``), as the command and the service draw it; a quantized model is named on it."""
+    which = f'thresholds: {thresholds.source}' + ('' if precision == 'fp32' else f'; {precision.upper()} model')
+    return decision_picture(display, result.model_map, result.mask, 2 * thresholds.image, result.score,
+                            thresholds.image, result.thresholds['mask_threshold'], result.defective, which)
+
+
 def save_visualizations(class_name: str, folder: str, paths, maps: np.ndarray, scores: np.ndarray,
                         labels: np.ndarray, masks: np.ndarray, epoch: int, read_image, calibration: dict = None) -> str:
     """Write the figures of the test pass of ``epoch`` (the images at ``paths``) into ``folder``; return it.
