@@ -15,9 +15,20 @@ from utils.threshold_options import check_threshold_options
 from utils.errors import CflowError
 from utils.results import model_name
 
-DATASETS = ('mvtec', 'stc', 'folder', 'demo', 'visa', 'mvtec_ad2')
+DATASETS = ('mvtec', 'stc', 'folder', 'demo', 'visa', 'mvtec_ad2', 'mtd')
 DEFAULT_DATA_PATHS = {'mvtec': './data/MVTec-AD', 'stc': './data/STC/shanghaitech', 'demo': './data/demo',
-                      'visa': './data/VisA', 'mvtec_ad2': './data/mvtec_ad_2'}
+                      'visa': './data/VisA', 'mvtec_ad2': './data/mvtec_ad_2',
+                      'mtd': './data/Magnetic-tile-defect-datasets'}
+MODELS = ('cflow', 'differnet')
+# flags that mean something to one model only (flag, dest)
+CFLOW_ONLY = (('-enc', 'enc_arch'), ('-dec', 'dec_arch'), ('-pl', 'pool_layers'), ('--pro', 'pro'),
+              ('--pro-limit', 'pro_limit'), ('--scorer', 'scorer'), ('--fiber-chunk', 'fiber_chunk'),
+              ('--adam', 'adam'), ('--bf16', 'bf16'), ('--compile', 'compile'), ('--test-cache-mb', 'test_cache_mb'),
+              ('--save-best', 'save_best'), ('--calibration-path', 'calibration_path'))
+DIFFERNET_ONLY = (('--transforms', 'transforms'), ('--test-transforms', 'test_transforms'),
+                  ('--fixed-rotations', 'fixed_rotations'), ('--flow-width', 'flow_width'))
+# DifferNet's published settings (its config.py), for every flag the user leaves out
+DIFFERNET_DEFAULTS = {'input_size': 448, 'batch_size': 24, 'meta_epochs': 24, 'sub_epochs': 8, 'coupling_blocks': 8}
 FIBER_BATCH = 256  # N: fibers per training step, as published
 ACTIONS = ('norm-train', 'norm-test', 'calibrate', 'predict', 'export', 'submission', 'serve')
 DEPLOY_ACTIONS = ('calibrate', 'predict', 'export')  # a model file in, no dataset
@@ -66,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_flags(p.add_argument_group('predict'))
     add_deployment_flags(p.add_argument_group('calibrate and export'))
     add_service_flags(p.add_argument_group('serve: the model behind HTTP (--action-type serve)'))
+    add_differnet_flags(p.add_argument_group('DifferNet (--model differnet), the image-level flow CFLOW grew from'))
     add_speed_flags(p.add_argument_group('speed (the same results, or opt-in fast modes that change them slightly)'))
     return p
 
@@ -182,6 +194,21 @@ def add_deployment_flags(p) -> None:
     p.add_argument('--quantize-scope', default='encoder', choices=('encoder', 'flows', 'both'),
                    help='export --quantize: what is quantized: the encoder\'s convolutions, the flows\' matrix '
                         'products, or both (default: encoder, the one that kept the quality; BENCHMARKS.md)')
+
+
+def add_differnet_flags(p) -> None:
+    p.add_argument('--model', default='cflow', metavar='NAME', dest='model_type',
+                   help='cflow (default) or differnet (Rudolph et al., WACV 2021; its published defaults for every '
+                        'size flag left out: -inp 448, -bs 24, --meta-epochs 24, --sub-epochs 8, -cb 8)')
+    p.add_argument('--transforms', default=4, type=int, metavar='N',
+                   help='differnet: random rotated views of each training image (default: 4)')
+    p.add_argument('--test-transforms', default=64, type=int, metavar='N',
+                   help='differnet: rotated views an image is scored over (default: 64)')
+    p.add_argument('--fixed-rotations', action='store_true', default=False,
+                   help='differnet: test views at i * 360 / N degrees (the authors\' localization views) instead of '
+                        'seeded random rotations (the published test draws random ones)')
+    p.add_argument('--flow-width', default=2048, type=int, metavar='N',
+                   help='differnet: internal width of the coupling subnetworks (default: 2048; a file states its own)')
 
 
 def add_service_flags(p) -> None:
@@ -331,7 +358,9 @@ def encoder_weights_choice(c) -> str:
             print('Notice: random-init encoder (--encoder-weights none); scores are not comparable to the paper')
         return c.encoder_weights
     from custom_models.encoders import imagenet_weights_cached
-    if c.dataset == 'demo' and not imagenet_weights_cached(c.enc_arch):
+    cached = (os.path.isfile(__import__('custom_models.weights', fromlist=['x']).torchvision_cache_path('alexnet'))
+              if c.model_type == 'differnet' else imagenet_weights_cached(c.enc_arch))
+    if c.dataset == 'demo' and not cached:
         print(f'Notice: no ImageNet weights for {c.enc_arch} in the torch hub cache; the demo uses a '
               f'seeded random-init encoder (scores are lower than with ImageNet weights)')
         return 'none'
@@ -357,9 +386,10 @@ def check_flags(args, given: Optional[set] = None) -> Settings:
         raise CflowError(f'unknown --dataset {c.dataset!r}{hint}: choose one of {", ".join(DATASETS)}')
     if c.dataset == 'demo':
         apply_demo_defaults(c, given)
-    if encoder_family(c.enc_arch) is None:
+    check_model_flags(c, given)
+    if c.model_type == 'cflow' and encoder_family(c.enc_arch) is None:
         raise CflowError(f'unknown encoder -enc {c.enc_arch!r}: choose one of {encoder_names_text()}')
-    if c.dec_arch not in DECODER_ARCHS:
+    if c.model_type == 'cflow' and c.dec_arch not in DECODER_ARCHS:
         raise CflowError(f'unknown decoder -dec {c.dec_arch!r}: choose one of {", ".join(DECODER_ARCHS)}')
     if c.action_type not in ACTIONS:
         raise CflowError(f'unknown --action-type {c.action_type!r}: choose one of {", ".join(ACTIONS)}')
@@ -379,6 +409,8 @@ def check_flags(args, given: Optional[set] = None) -> Settings:
         if c.dataset not in DEFAULT_DATA_PATHS:
             raise CflowError(f'--dataset {c.dataset} needs --data-path DIR (the folder holding the class folders)')
         c.data_path = DEFAULT_DATA_PATHS[c.dataset]
+    if c.dataset == 'mtd' and c.class_name == 'none':
+        c.class_name = 'mtd'  # one class: the tiles
     if c.action_type == 'norm-test':
         c.meta_epochs = 1  # as published: one test pass
     return c
@@ -420,6 +452,44 @@ def check_action_flags(c) -> None:
         raise CflowError('--action-type export needs --output FILE (model.onnx or model.safetensors)')
 
 
+def alexnet_fits(side: int) -> bool:
+    """Whether AlexNet's features (conv 11/4 pad 2, three 3/2 max-pools) give a map at ``side`` px."""
+    n = (side + 4 - 11) // 4 + 1
+    for _ in range(3):  # each max-pool (the convolutions between keep the size)
+        if n < 3:
+            return False
+        n = (n - 3) // 2 + 1
+    return True
+
+
+def check_model_flags(c, given: set) -> None:
+    """--model: each model's own flags, and DifferNet's published defaults for the size flags left out."""
+    if c.model_type not in MODELS:
+        raise CflowError(f'unknown --model {c.model_type!r}: choose one of {", ".join(MODELS)}')
+    other = CFLOW_ONLY if c.model_type == 'differnet' else DIFFERNET_ONLY
+    for flag, dest in other:
+        if dest in given:
+            owner = 'CFLOW' if c.model_type == 'differnet' else 'DifferNet (--model differnet)'
+            raise CflowError(f'{flag} is for {owner}, not --model {c.model_type}: drop it')
+    if c.model_type != 'differnet':
+        return
+    if c.action_type not in ('norm-train', 'norm-test'):
+        raise CflowError(f'--action-type {c.action_type} is not built for --model differnet: norm-train and norm-test '
+                         f'are (its published test and training)')
+    for key, value in DIFFERNET_DEFAULTS.items():
+        if key not in given:
+            setattr(c, key, value)
+    c.enc_arch, c.dec_arch, c.pool_layers = 'alexnet', 'differnet', 3  # what names its run
+    quarter = c.input_size // 4
+    if not alexnet_fits(quarter):
+        raise CflowError(f'-inp {c.input_size} is too small for DifferNet: its third scale ({quarter} px) gives '
+                         f'AlexNet no feature map; pass -inp 252 or more (published: 448)')
+    for flag, value in (('--transforms', c.transforms), ('--test-transforms', c.test_transforms),
+                        ('--flow-width', c.flow_width)):
+        if value < 1:
+            raise CflowError(f'{flag} must be at least 1, got {value}')
+
+
 def check_serve_flags(c) -> None:
     for flag, value in (('--max-batch', c.max_batch), ('--max-queue', c.max_queue), ('--port', c.port)):
         if value < 1:
@@ -454,8 +524,8 @@ def check_counts(c) -> None:
 def model_file_request(c) -> Optional[Tuple[str, bool, Optional[str]]]:
     """What to read of the model file, or None when the action reads none (norm-train): (path, whether its
     weights state the architecture (calibrate, predict, export), the -enc given to prefer)."""
-    if not c.checkpoint or c.action_type == 'norm-train':
-        return None
+    if not c.checkpoint or c.action_type == 'norm-train' or c.model_type == 'differnet':
+        return None  # DifferNet's file states its flow's shape itself (custom_models/differnet.py)
     return c.checkpoint, c.action_type in WEIGHTS_STATE_ARCH, c.enc_arch if 'enc_arch' in c.given else None
 
 
@@ -477,7 +547,7 @@ def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Set
             check_checkpoint_name(c)
         apply_file_settings(c, stated[0], c.checkpoint)  # the file's settings and calibration win over the defaults
     apply_encoder_input(c, stated[0])
-    if not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
+    if c.model_type == 'cflow' and not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '
                          f'smaller than the network\'s padding; pass -inp '
                          f'{smallest_input_size(c.enc_arch, c.pool_layers)} or more')

@@ -11,7 +11,11 @@ def _interrupt_on_sigterm(signum, frame):
 
 
 def action(name: str):
-    """The function that carries out ``--action-type name`` (imported only when used)."""
+    """The function that carries out ``--action-type name``, or DifferNet's (``differnet``) (imported only when
+    used)."""
+    if name == 'differnet':
+        from train_differnet import run_differnet
+        return run_differnet
     if name == 'calibrate':
         from calibrate import run_calibrate
         return run_calibrate
@@ -40,7 +44,7 @@ def main(argv=None) -> int:
         from actions import model_file_statement
         c = derive(c, model_file_statement(c))  # the model file read once; the action gets what it states
         apply_process_settings(c)
-        action(c.action_type)(c)
+        action(c.action_type if c.model_type == 'cflow' else 'differnet')(c)
     except CflowError as exc:  # also when a DataLoader worker re-raised it
         print(f'error: {user_message(exc)}', file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ def build_datasets(options: DataOptions) -> Tuple[Optional[Dataset], Dataset]:
     (train set, None): good images only (``.calibration_images`` lists the images to calibrate on when
     there is no --calibration-path)."""
     o = options
-    if o.class_name == 'none':
+    if o.class_name == 'none' and o.dataset != 'mtd':
         from custom_datasets.mvtec import MVTEC_CLASS_NAMES
         from custom_datasets.mvtec_ad2 import MVTEC_AD2_CLASS_NAMES
         from custom_datasets.visa import VISA_CLASS_NAMES
@@ -43,6 +43,11 @@ def build_datasets(options: DataOptions) -> Tuple[Optional[Dataset], Dataset]:
 
         def make(train):
             return mvtec_dataset(o.data_path, o.class_name, o.input_size, train, **norm)
+    elif o.dataset == 'mtd':
+        from custom_datasets.mtd import mtd_dataset
+
+        def make(train):
+            return mtd_dataset(o.data_path, o.input_size, train, **norm)
     elif o.dataset == 'visa':
         from custom_datasets.visa import visa_dataset
 

@@ -82,10 +82,11 @@ def _json_safe(value):
 
 
 def summary_line(observers: Dict[str, ScoreObserver], class_name: str) -> str:
-    det, seg, pro = (observers[name] for name in METRIC_NAMES)
-    return (f'{det.max_score:.2f},{seg.max_score:.2f},{pro.max_score:.2f} \t\tfor '
-            f'{det.name}/{seg.name}/{pro.name} at epoch {det.max_epoch:d}/{seg.max_epoch:d}/{pro.max_epoch:d} '
-            f'for {class_name}\n')
+    """The published results line; a model that has no such metric (DifferNet: no map metrics) shows '-'."""
+    shown = [observers.get(name) for name in METRIC_NAMES]
+    values = ','.join(f'{o.max_score:.2f}' if o else '-' for o in shown)
+    epochs = '/'.join(f'{o.max_epoch:d}' if o else '-' for o in shown)
+    return f'{values} \t\tfor {"/".join(METRIC_NAMES)} at epoch {epochs} for {class_name}\n'
 
 
 def model_name(dataset: str, enc: str, dec: str, pool_layers: int, coupling_blocks: int, input_size: int,
