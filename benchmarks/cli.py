@@ -9,7 +9,9 @@ from benchmarks import (aupro, encoders, loader, masks, modes, pipeline, predict
 from benchmarks.rows import table, write_rows
 from custom_models.encoders import ENCODER_ARCHS
 
-# name (for --skip) -> the module whose run(a) measures it, in the order they run
+# name (for --skip) -> the module whose run(a) measures it, in the order they run; the OPT_IN ones (minutes each,
+# added after the commands in BENCHMARKS.md were written) run only when --only names them
+OPT_IN = ('segmentation', 'service')
 SECTIONS = {'pipeline': pipeline, 'aupro': aupro, 'loader': loader, 'predict': predict, 'stages': stages,
             'encoders': encoders, 'sizes': sizes, 'train': training, 'threads': threads, 'masks': masks,
             'quantize': quantize, 'segmentation': segmentation, 'service': service}
@@ -77,17 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--service-images', default=48, type=int, help='service: PNG files sent (default: 48)')
     p.add_argument('--service-image-size', default=512, type=int, help='service: side of the PNG files (default: 512)')
     p.add_argument('--service-rounds', default=3, type=int, help='service: interleaved rounds (default: 3)')
+    p.add_argument('--service-runtimes', default='torch,openvino', choices=('torch', 'openvino', 'torch,openvino'),
+                   help='service: the runtimes measured (default: torch,openvino)')
+    p.add_argument('--service-processes', default=2, type=int,
+                   help='service: single-thread processes the 8 clients are spread over beside one process (0: none; '
+                        'default: 2)')
     p.add_argument('--rows-json', default='', metavar='FILE',
                    help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))
+    p.add_argument('--only', default='', help='comma-separated sections to run, the others skipped (instead of --skip); '
+                   'the sections ' + ' and '.join(OPT_IN) + ' run only when named here')
     return p
 
 
 def chosen_sections(a) -> list:
-    skip = set(a.skip.split(',')) - {''}
-    unknown = skip - set(SECTIONS)
-    if unknown:
-        raise SystemExit(f'--skip names no section {", ".join(sorted(unknown))}: choose from {", ".join(SECTIONS)}')
+    skip, only = (set(v.split(',')) - {''} for v in (a.skip, a.only))
+    if skip and only:
+        raise SystemExit('--skip and --only together: pass one of them')
+    for flag, names in (('--skip', skip), ('--only', only)):
+        unknown = names - set(SECTIONS)
+        if unknown:
+            raise SystemExit(f'{flag} names no section {", ".join(sorted(unknown))}: choose from {", ".join(SECTIONS)}')
+    skip = set(SECTIONS) - only if only else skip | set(OPT_IN)
     chosen = [m for name, m in SECTIONS.items() if name not in skip and (name != 'threads' or a.device == 'cpu')]
     return chosen + ([modes] if a.checkpoint else [])
 

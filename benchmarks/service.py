@@ -89,7 +89,7 @@ def runtime_paths(a, model: str, runtime_flags: list, folder: str, tmp: str, ser
     paths = list_images(folder)
     images = [open(p, 'rb').read() for p in paths]
     detector = load_model(model, runtime=runtime_flags[-1] if runtime_flags else None)
-    one, two = servers['one'][1], [servers['two_a'][1], servers['two_b'][1]]
+    one, several = servers['one'][1], [port for name, (_, port) in servers.items() if name != 'one']
 
     def served(ports, n):
         def measure():
@@ -106,12 +106,12 @@ def runtime_paths(a, model: str, runtime_flags: list, folder: str, tmp: str, ser
                                               None),
             'load_model().predict (batch 8)': api, 'service, 1 client': served([one], 1),
             'service, 4 clients': served([one], 4), 'service, 8 clients': served([one], 8),
-            'service, 2 processes x 1 thread, 8 clients': served(two, 8)}
+            **({f'service, {len(several)} processes x 1 thread, 8 clients': served(several, 8)} if several else {})}
 
 
 def measure_runtime(a, name: str, model: str, runtime_flags: list, folder: str, tmp: str) -> list:
-    servers = {'one': start_server(model, runtime_flags), 'two_a': start_server(model, runtime_flags, threads=1),
-               'two_b': start_server(model, runtime_flags, threads=1)}
+    servers = {'one': start_server(model, runtime_flags),
+               **{f'single-thread {k}': start_server(model, runtime_flags, threads=1) for k in range(a.service_processes)}}
     try:
         paths = runtime_paths(a, model, runtime_flags, folder, tmp, servers)
         names = list(paths)
@@ -154,6 +154,8 @@ def run(a):
         checkpoint, onnx_path = os.path.join(tmp, 'model.pt'), os.path.join(tmp, 'model.onnx')
         write_model(checkpoint, LoadedModel(encoder, decoders, settings, calibration))
         export_onnx(model, onnx_path)
-        rows += measure_runtime(a, 'PyTorch (.pt)', checkpoint, [], folder, tmp)
-        rows += measure_runtime(a, 'OpenVINO (.onnx)', onnx_path, ['--runtime', 'openvino'], folder, tmp)
+        runtimes = {'torch': ('PyTorch (.pt)', checkpoint, []),
+                    'openvino': ('OpenVINO (.onnx)', onnx_path, ['--runtime', 'openvino'])}
+        for runtime in a.service_runtimes.split(','):
+            rows += measure_runtime(a, *runtimes[runtime], folder, tmp)
     return rows

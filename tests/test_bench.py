@@ -36,7 +36,7 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
     rows = bench_in_a_process(['-enc', 'resnet18', '-inp', '64', '-bs', '2', '-cb', '2', '--batches', '1', '--rounds', '2',
                                '--device', 'cpu', '--pro-maps', '12', '--pro-size', '32', '--loader-images', '4',
                                '--loader-image-size', '64', '--workers', '0', '--predict-images', '4',
-                               '--predict-image-size', '96', '--skip', 'sizes,threads,masks,stages,encoders,quantize',
+                               '--predict-image-size', '96', '--only', 'pipeline,aupro,loader,predict,train',
                                '--train-encoders', 'resnet18', '--train-batch', '8', '--train-rounds', '1',
                                '--quantize-scopes', 'encoder'])
     assert is_timed(rows['authors 256-fiber loop'], baseline=True) and is_timed(rows['encoder only'])
@@ -75,7 +75,7 @@ def test_bench_reports_interleaved_speeds_ratios_and_exact_paths_agree():
 def test_the_throughput_model_adds_up_the_stages_and_names_the_command_rate():
     rows = bench_in_a_process(['-enc', 'resnet18', '-inp', '64', '-cb', '1', '--device', 'cpu', '--stage-images', '3',
                                '--stage-sizes', '96', '--stage-rounds', '1',
-                               '--skip', 'pipeline,aupro,loader,predict,encoders,sizes,train,threads,masks,quantize'])
+                               '--only', 'stages'])
     shared = {name: r.data['core_ms'] for name, r in rows.items() if name.startswith('stage 96px') and 'model' not in name}
     assert len(shared) == 7 and all(v >= 0 for v in shared.values()) and sum(shared.values()) > 0
     cores = os.cpu_count()
@@ -96,7 +96,7 @@ def test_the_throughput_model_adds_up_the_stages_and_names_the_command_rate():
 def test_the_encoders_section_times_each_encoder_against_the_first():
     rows = bench_in_a_process(['-cb', '1', '--device', 'cpu', '--rounds', '1', '--compare-encoders',
                                'resnet18,mobilenet_v3_small', '--compare-size', '64', '--compare-images', '2',
-                               '--skip', 'pipeline,aupro,loader,predict,stages,sizes,train,threads,masks,quantize'])
+                               '--only', 'encoders'])
     assert is_timed(rows['resnet18: norm-test pipeline (batch 2)'], baseline=True)
     for arch in ('resnet18', 'mobilenet_v3_small'):
         row = rows[f'{arch}: predict model, OpenVINO (batch 1)']
@@ -106,3 +106,14 @@ def test_the_encoders_section_times_each_encoder_against_the_first():
 def test_a_section_the_bench_does_not_have_is_refused():
     run = subprocess.run([sys.executable, 'bench.py', '--skip', 'pipline'], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and '--skip names no section pipline' in run.stderr
+    run = subprocess.run([sys.executable, 'bench.py', '--only', 'servce'], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and '--only names no section servce' in run.stderr
+
+
+def test_the_segmentation_section_measures_what_it_says():
+    rows = bench_in_a_process(['--only', 'segmentation', '--seg-images', '3', '--seg-size', '120x90',
+                               '--seg-baseline-images', '4'])
+    ours = next(r for name, r in rows.items() if name.startswith('AU-PRO, ours'))
+    assert ours.data['diff'] <= 1e-9 and ours.ratio > 0 and ours.data['peak_mb'] > 0
+    assert rows['MVTec AD 2 metrics, 3 images 120 x 90 px'].data['SEG_AUPRO@0.05'] >= 0
+
