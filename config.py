@@ -24,7 +24,7 @@ MODELS = ('cflow', 'differnet')
 CFLOW_ONLY = (('-enc', 'enc_arch'), ('-dec', 'dec_arch'), ('-pl', 'pool_layers'), ('--pro', 'pro'),
               ('--pro-limit', 'pro_limit'), ('--scorer', 'scorer'), ('--fiber-chunk', 'fiber_chunk'),
               ('--adam', 'adam'), ('--bf16', 'bf16'), ('--compile', 'compile'), ('--test-cache-mb', 'test_cache_mb'),
-              ('--save-best', 'save_best'), ('--calibration-path', 'calibration_path'))
+              ('--save-best', 'save_best'))
 DIFFERNET_ONLY = (('--transforms', 'transforms'), ('--test-transforms', 'test_transforms'),
                   ('--fixed-rotations', 'fixed_rotations'), ('--flow-width', 'flow_width'))
 # DifferNet's published settings (its config.py), for every flag the user leaves out
@@ -473,9 +473,12 @@ def check_model_flags(c, given: set) -> None:
             raise CflowError(f'{flag} is for {owner}, not --model {c.model_type}: drop it')
     if c.model_type != 'differnet':
         return
-    if c.action_type not in ('norm-train', 'norm-test'):
-        raise CflowError(f'--action-type {c.action_type} is not built for --model differnet: norm-train and norm-test '
-                         f'are (its published test and training)')
+    if c.action_type not in ('norm-train', 'norm-test', 'calibrate', 'predict', 'serve'):
+        raise CflowError(f'--action-type {c.action_type} is not built for --model differnet: norm-train, norm-test, '
+                         f'calibrate, predict and serve are (its gradient map is not an exportable graph)')
+    if c.action_type in ('norm-train', 'norm-test') and c.calibration_path:
+        raise CflowError('--calibration-path: DifferNet is calibrated after training, by --action-type calibrate '
+                         '--model differnet --checkpoint FILE --calibration-path DIR')
     for key, value in DIFFERNET_DEFAULTS.items():
         if key not in given:
             setattr(c, key, value)

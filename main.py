@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         from actions import model_file_statement
         c = derive(c, model_file_statement(c))  # the model file read once; the action gets what it states
         apply_process_settings(c)
-        action(c.action_type if c.model_type == 'cflow' else 'differnet')(c)
+        differnet = c.model_type == 'differnet' and c.action_type in ('norm-train', 'norm-test')
+        action('differnet' if differnet else c.action_type)(c)  # calibrate, predict, serve: by the file
     except CflowError as exc:  # also when a DataLoader worker re-raised it
         print(f'error: {user_message(exc)}', file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from custom_models.detector import Detector, choose_thresholds, detector_from_mo
 from utils.atomic import atomic_path, atomic_write, atomic_write_text
 from utils.errors import CflowError
 from utils.model_kinds import is_exported
+from custom_models.differnet_detector import is_differnet_file
 from custom_models.model_file import read_model
 from actions import calibrate_on_folder, model_settings
 from utils.progress import count, progress
@@ -53,6 +54,10 @@ def open_detector(c, streams: int = 1) -> Detector:
     """The calibrated model of ``--checkpoint`` with the thresholds the flags choose; an uncalibrated
     .pt or .safetensors is calibrated on ``--calibration-path`` first (the file is not changed)."""
     options = dict(image_threshold=c.image_threshold, pixel_threshold=c.pixel_threshold, sensitivity=c.sensitivity)
+    if c.calibration_path and is_differnet_file(c.checkpoint):
+        raise CflowError(f'{c.checkpoint} is a DifferNet model: calibrate it first (--action-type calibrate --model '
+                         f'differnet --checkpoint {c.checkpoint} --calibration-path {c.calibration_path}), then predict '
+                         f'with the calibrated file')
     if is_exported(c.checkpoint) or not c.calibration_path or c.runtime not in (None, 'torch'):
         return load_model(c.checkpoint, device=c.device, runtime=c.runtime, threads=c.threads or 0, streams=streams,
                           cache_dir=openvino_cache(c), **options)
@@ -182,14 +187,16 @@ def run_predict(c) -> dict:
     writable_output_dir(c.output_dir)
     total, fps = (len(source), None) if kind == 'images' else video_info(source)
     detector = open_detector(c, prediction_streams(c, kind, total))
+    if c.scores_only and hasattr(detector.run, 'maps'):
+        detector.run.maps = False  # DifferNet: no gradient maps to draw
     t = detector.thresholds
     mask_dir = os.path.join(c.output_dir, 'masks')
     video = None
     if kind == 'images':  # the loader's workers start here and read while the model compiles
         batches = image_batches(source, detector.input_size, c.batch_size, c.workers, c.device.startswith('cuda'),
-                                display=not c.scores_only)
+                                display=not c.scores_only, transform=detector.input_transform)
     else:
-        batches = video_batches(source, detector.input_size, c.batch_size)
+        batches = video_batches(source, detector.input_size, c.batch_size, detector.input_transform)
         if not c.scores_only:
             video = VideoWriter(os.path.join(c.output_dir, f'{os.path.splitext(os.path.basename(source))[0]}'
                                                            f'_annotated.mp4'), fps)
@@ -271,8 +278,8 @@ def write_predictions(c, table: PredictionTable, skipped, summary, detector: Det
     header = {'checkpoint': c.checkpoint, 'input': c.input, 'runtime': detector.runtime, 'precision': detector.precision,
               'settings': calibration['settings'], **t.as_dict(),
               'stored_thresholds': {'image_threshold': calibration['image_threshold'],
-                                    'pixel_threshold': calibration['pixel_threshold']},
-              'mask_rule': 'A > max(t_P, t_I + %g (score - t_I))' % t.mask_peak_share,
+                                    'pixel_threshold': calibration.get('pixel_threshold')},
+              'mask_rule': detector.mask_rule(),
               'calibration_source': calibration['source'], 'summary': summary, 'skipped': skipped,
               'annotated_video': video_path}
 

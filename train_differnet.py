@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from actions import data_options
 from custom_datasets import build_datasets
 from custom_datasets.loaders import SeededShuffle
-from custom_datasets.rotated_views import RotatedViews, fixed_angles, rotated_views, views_batch
+from custom_datasets.rotated_views import RotatedViews, views_batch
+from utils.views import fixed_angles, rotated_views
 from custom_models.differnet import (DifferNet, build_alexnet, differnet_optimizer, gradient_maps, image_scores,
                                      load_differnet, train_step)
 from utils.atomic import atomic_write

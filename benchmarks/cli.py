@@ -4,17 +4,17 @@ import os
 
 import torch
 
-from benchmarks import (aupro, encoders, loader, masks, modes, pipeline, predict, quantize, segmentation, service,
-                        sizes, stages, threads, training)
+from benchmarks import (aupro, differnet, encoders, loader, masks, modes, pipeline, predict, quantize, segmentation,
+                        service, sizes, stages, threads, training)
 from benchmarks.rows import table, write_rows
 from custom_models.encoders import ENCODER_ARCHS
 
 # name (for --skip) -> the module whose run(a) measures it, in the order they run; the OPT_IN ones (minutes each,
 # added after the commands in BENCHMARKS.md were written) run only when --only names them
-OPT_IN = ('segmentation', 'service')
+OPT_IN = ('segmentation', 'service', 'differnet')
 SECTIONS = {'pipeline': pipeline, 'aupro': aupro, 'loader': loader, 'predict': predict, 'stages': stages,
             'encoders': encoders, 'sizes': sizes, 'train': training, 'threads': threads, 'masks': masks,
-            'quantize': quantize, 'segmentation': segmentation, 'service': service}
+            'quantize': quantize, 'segmentation': segmentation, 'service': service, 'differnet': differnet}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--service-processes', default=2, type=int,
                    help='service: single-thread processes the 8 clients are spread over beside one process (0: none; '
                         'default: 2)')
+    p.add_argument('--differnet-images', default=4, type=int,
+                   help='differnet: test images (64 views each) per path and round (default: 4)')
+    p.add_argument('--differnet-meta-epochs', default=4, type=int,
+                   help='differnet: meta epochs of the demo-class runs of both models (default: 4)')
     p.add_argument('--rows-json', default='', metavar='FILE',
                    help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))

@@ -5,9 +5,11 @@ display copy or None, (width, height)), or (source, None, None, error text) for 
 image (``unreadable``), which predict skips with a warning instead of failing.
 """
 import os
-from typing import Iterator, List, Tuple
+from functools import partial
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive
@@ -25,10 +27,12 @@ def unreadable(item: tuple) -> bool:
 
 class ImageFiles(Dataset):
     """Model input, a display copy (``display``: else None, for --scores-only) and the original size
-    of each image; an error text instead of failing."""
+    of each image; an error text instead of failing. ``transform``: image -> model input (picklable; default
+    the published resize at ``input_size``, ``utils.images.to_model_input``)."""
 
-    def __init__(self, paths: List[str], input_size: int, display: bool = True):
+    def __init__(self, paths: List[str], input_size: int, display: bool = True, transform: Optional[Callable] = None):
         self.paths, self.input_size, self.display = paths, input_size, display
+        self.transform = transform or partial(to_model_input, input_size=input_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -37,9 +41,10 @@ class ImageFiles(Dataset):
         try:
             image = read_rgb(self.paths[i])
         except CflowError as exc:
-            return torch.zeros(3, self.input_size, self.input_size), (self.paths[i], None, None, str(exc))
+            blank = torch.zeros_like(self.transform(Image.new('RGB', (1, 1))))
+            return blank, (self.paths[i], None, None, str(exc))
         display = display_copy(image, minimum=256) if self.display else None
-        return to_model_input(image, self.input_size), (self.paths[i], None, display, image.size)
+        return self.transform(image), (self.paths[i], None, display, image.size)
 
 
 def collate(batch):
@@ -47,22 +52,25 @@ def collate(batch):
 
 
 def image_batches(paths: List[str], input_size: int, batch_size: int, workers: int,
-                  pin_memory: bool = False, display: bool = True) -> Iterator[Tuple[torch.Tensor, list]]:
+                  pin_memory: bool = False, display: bool = True,
+                  transform: Optional[Callable] = None) -> Iterator[Tuple[torch.Tensor, list]]:
     """Files decoded and resized in ``workers`` processes, in order, ``batch_size`` at a time; the
     workers start (and read ahead) at this call, not at the first ``next``."""
-    return iter(DataLoader(ImageFiles(paths, input_size, display), batch_size=batch_size, num_workers=workers,
-                           collate_fn=collate, pin_memory=pin_memory))
+    return iter(DataLoader(ImageFiles(paths, input_size, display, transform), batch_size=batch_size,
+                           num_workers=workers, collate_fn=collate, pin_memory=pin_memory))
 
 
-def video_batches(path: str, input_size: int, batch_size: int) -> Iterator[Tuple[torch.Tensor, list]]:
+def video_batches(path: str, input_size: int, batch_size: int,
+                  transform: Optional[Callable] = None) -> Iterator[Tuple[torch.Tensor, list]]:
     """Frames decoded one at a time with PyAV (never the whole video in memory), in batches."""
     av = import_av()
+    transform = transform or partial(to_model_input, input_size=input_size)
     tensors, items = [], []
     try:
         with av.open(path) as container:
             for index, frame in enumerate(container.decode(container.streams.video[0])):
                 image = frame.to_image()
-                tensors.append(to_model_input(image, input_size))
+                tensors.append(transform(image))
                 items.append((path, index, image, image.size))
                 if len(items) == batch_size:
                     yield torch.stack(tensors), items

@@ -1,37 +1,12 @@
-"""DifferNet's input: each image as V rotated views (its authors' transforms).
+"""DifferNet's data: each image as V rotated views (``utils/views.py``), the angles random but seeded per image
+and pass (so runs repeat, whatever the loader's workers), or fixed."""
+from typing import List, Optional
 
-    view = Normalize(ToTensor(rotate(resize(image, (S, S), BILINEAR), angle, NEAREST, corners 0)))
-
-Training and (by default) testing draw each view's angle uniformly in [-180, 180] degrees, as the published
-``RandomRotation(180)``, from a seed per image and pass (so runs repeat, whatever the loader's workers);
-``fixed`` views are at i * 360 / V (the authors' localization views).
-"""
-from typing import List, Optional, Sequence
-
-import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.images import IMAGENET_MEAN, IMAGENET_STD, read_rgb
-
-
-def fixed_angles(views: int) -> List[float]:
-    """i * 360 / views degrees, i = 0 .. views - 1."""
-    return [i * 360.0 / views for i in range(views)]
-
-
-def random_angles(views: int, seed: int) -> List[float]:
-    return np.random.default_rng(seed).uniform(-180.0, 180.0, views).tolist()
-
-
-def rotated_views(image: Image.Image, size: int, angles: Sequence[float], mean=IMAGENET_MEAN,
-                  std=IMAGENET_STD) -> torch.Tensor:
-    """V x 3 x size x size normalised views of one RGB image."""
-    resized = image.resize((size, size), Image.BILINEAR)
-    return torch.stack([TF.normalize(TF.to_tensor(resized.rotate(a, Image.NEAREST, expand=False, fillcolor=0)),
-                                     list(mean), list(std)) for a in angles])
+from utils.views import fixed_angles, random_angles, rotated_views
 
 
 class RotatedViews(Dataset):

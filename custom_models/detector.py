@@ -22,6 +22,7 @@ ratio of thresholds means the same at any scale. The stored calibration never ch
 """
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -134,9 +135,14 @@ class Detector:
         self.run, self.settings, self.calibration, self.runtime = run, settings, calibration, runtime
         self.source = source  # the model file
         self.input_size = int(settings['input_size'])
+        # image -> model input, picklable (predict's loader workers run it): the published resize
+        self.input_transform = partial(to_model_input, input_size=self.input_size)
         self.thresholds = thresholds or choose_thresholds(calibration)
         self.streams = getattr(run, 'streams', 1)  # images the runtime scores at once (threads shared)
         self.precision = precision_of(calibration)  # 'fp32', or 'int8 (encoder)' for a quantized export
+
+    def mask_rule(self) -> str:
+        return 'A > max(t_P, t_I + %g (score - t_I))' % self.thresholds.mask_peak_share
 
     def prepare(self, batch_size: int) -> None:
         """Compile for ``batch_size`` now (OpenVINO), not at the first image: predict does it while its
@@ -145,7 +151,7 @@ class Detector:
             self.run.prepare(batch_size)
 
     def model_input(self, image: Image.Image) -> torch.Tensor:
-        return to_model_input(image, self.input_size)
+        return self.input_transform(image)
 
     def score_images(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """(B x inp x inp maps, B scores) as float32 numpy, of B x 3 x inp x inp images in [0, 1]."""

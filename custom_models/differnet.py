@@ -198,7 +198,8 @@ def load_differnet(path: str, seed: int = 0) -> DifferNet:
     format): block count and width read from the file, AlexNet's weights from the file too."""
     from custom_models.weights import read_state_file
     from utils.errors import CflowError
-    state = read_state_file(path, 'DifferNet weights file')
+    state = {k: v for k, v in read_state_file(path, 'DifferNet weights file').items()
+             if isinstance(v, torch.Tensor)}  # a calibrated file's ``calibration`` record aside
     if not any(k.startswith('nf.module_list.') for k in state):
         hint = (' (a CFLOW checkpoint: drop --model differnet)' if 'decoder_state_dict' in state else
                 ': it holds no nf.module_list.* keys (the authors\' save_weights writes them)')

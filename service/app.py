@@ -35,7 +35,6 @@ from service.records import Records
 from service.telemetry import Telemetry
 from service.uploads import BadUpload, Upload, decode
 from utils.errors import user_message
-from utils.images import to_model_input
 from utils.viz import display_copy, prediction_picture
 
 log = logging.getLogger('cflow.service')
@@ -171,9 +170,10 @@ class Service:
             upload = await upload_of(request, await read_body(request, self.options.max_upload_bytes),
                                      self.options.max_upload_bytes)
             image = await run_in_threadpool(decode, upload)
-            tensor = await run_in_threadpool(to_model_input, image, self.holder.current.detector.input_size)
+            version = self.holder.current
+            tensor = await run_in_threadpool(version.detector.model_input, image)
             decode_ms = 1000 * (time.perf_counter() - started)
-            scored = await self.batcher.score(image, tensor, sensitivity, upload.name)
+            scored = await self.batcher.score(image, tensor, sensitivity, upload.name, version)
             body = await run_in_threadpool(answer, scored, upload, image, want_mask, want_overlay, decode_ms)
             body['timing_ms']['total'] = 1000 * (time.perf_counter() - started)
             self.telemetry.latency.observe(time.perf_counter() - started)

@@ -14,7 +14,6 @@ from PIL import Image
 
 from custom_models.detector import Prediction, Thresholds
 from service.models import ModelHolder, ModelVersion
-from utils.images import to_model_input
 
 
 class Overloaded(Exception):
@@ -28,6 +27,7 @@ class Job:
     sensitivity: Optional[float]       # this request's, or None: the service's thresholds
     source: str
     future: asyncio.Future
+    prepared_for: Optional[ModelVersion] = None  # the version whose input transform made ``tensor``
     queued_at: float = field(default_factory=time.perf_counter)
     thresholds: Optional[Thresholds] = None  # the ones it was decided with (set when scored)
 
@@ -71,8 +71,8 @@ class Batcher:
         self.admitted -= 1
 
     async def score(self, image: Image.Image, tensor: torch.Tensor, sensitivity: Optional[float],
-                    source: str) -> Scored:
-        job = Job(image, tensor, sensitivity, source, asyncio.get_running_loop().create_future())
+                    source: str, prepared_for: Optional[ModelVersion] = None) -> Scored:
+        job = Job(image, tensor, sensitivity, source, asyncio.get_running_loop().create_future(), prepared_for)
         self.queue.put_nowait(job)
         return await job.future
 
@@ -110,9 +110,8 @@ class Batcher:
         """On the model thread: one model call for the batch, then each image's decision and mask at its own
         size (at its request's thresholds); ``on_batch`` records them."""
         detector = version.detector
-        size = detector.input_size
-        tensors = [job.tensor if job.tensor.shape[-1] == size else to_model_input(job.image, size)  # a reload
-                   for job in batch]                                                                # changed it
+        tensors = [job.tensor if job.prepared_for is version else detector.model_input(job.image)  # reloaded since
+                   for job in batch]
         maps, scores = detector.score_images(torch.stack(tensors))
         for job in batch:
             t = detector.thresholds

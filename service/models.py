@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from custom_models import load_model
 from custom_models.detector import Detector
@@ -50,9 +51,9 @@ class ModelHolder:
                               image_threshold=o.image_threshold, pixel_threshold=o.pixel_threshold,
                               sensitivity=o.sensitivity)
         detector.prepare(o.max_batch)
-        size = detector.input_size
-        for batch in sorted({1, o.max_batch}):
-            detector.score_images(torch.zeros(batch, 3, size, size))
+        blank = detector.model_input(Image.new('RGB', (detector.input_size, detector.input_size)))
+        for batch in getattr(detector, 'warm_batches', None) or sorted({1, o.max_batch}):
+            detector.score_images(torch.stack([blank] * batch))
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         return ModelVersion(detector, path, file_sha256(path), now)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from custom_datasets.rotated_views import fixed_angles, rotated_views
+from utils.views import fixed_angles, rotated_views
 from custom_models.differnet import (DifferNet, differnet_loss, differnet_optimizer, gradient_maps, load_differnet,
                                      multiscale_features, train_step)
 from main import main
@@ -153,8 +153,10 @@ def test_each_models_flags_are_its_own(capsys, tmp_path):
     assert_one_line_error(*run_cli(capsys, base + ['--transforms', '8']), '--transforms is for DifferNet')
     assert_one_line_error(*run_cli(capsys, base + ['--model', 'diffnet']), "unknown --model 'diffnet'")
     assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '-inp', '128']), '-inp 252 or more')
-    assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '--action-type', 'predict',
-                                                   '--checkpoint', 'x.pt', '--input', 'x']), 'not built for --model')
+    assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '--action-type', 'export',
+                                                   '--checkpoint', 'x.pt', '--output', 'x.onnx']), 'not built for --model')
+    assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '--calibration-path', str(tmp_path)]),
+                          'calibrated after training')
 
 
 # ----------------------------------------------------------------------------------
@@ -195,3 +197,36 @@ def test_mtd_uses_the_authors_training_split(tmp_path, capsys):
                                             'resnet18', '-inp', '64', '--encoder-weights', 'none']), training_names()[5])
     assert_one_line_error(*run_cli(capsys, ['--dataset', 'mtd', '--data-path', str(tmp_path / 'none'), '--no-cuda']),
                           'Magnetic Tile Defects folder')
+
+
+def test_a_calibrated_differnet_predicts_with_the_authors_scores_and_its_gradient_map(authors, tmp_path):
+    from custom_models import load_model
+    path, expected, work = authors
+    good = tmp_path / 'good'
+    good.mkdir()
+    for i in (0, 1):
+        Image.open(source_path(work, i)).save(good / f'{i}.png')
+    calibrated = str(tmp_path / 'differnet_calibrated.pt')
+    assert main(['--action-type', 'calibrate', '--model', 'differnet', '--checkpoint', path, '--calibration-path',
+                 str(good), '--output', calibrated, '--no-cuda']) == 0
+    assert load_differnet(calibrated) is not None  # the weights still load; the record rides beside them
+    out = tmp_path / 'predictions'
+    assert main(['--action-type', 'predict', '--checkpoint', calibrated, '--input', str(work / 'data' / 'tiles' / 'test'),
+                 '--output-dir', str(out), '--scores-only', '--no-cuda', '--workers', '0']) == 0
+    rows = {os.path.basename(r['source']): float(r['score'])
+            for r in __import__('csv').DictReader(open(out / 'predictions.csv'))}
+    assert close([rows[name] for name in INFO['images']], expected['score_fixed64'])  # the fixed views' scores
+    detector = load_model(calibrated, sensitivity=1e6)  # every image decided defective: its mask is drawn
+    result = detector.predict(source_path(work, 2))
+    assert result.defective and result.size == (232, 168) and result.mask.shape == (168, 232)
+    assert result.model_map.max() == pytest.approx(1.0) and 0 < result.mask.mean() < 0.5
+    reference = expected['gradient_map'][0].numpy()
+    assert np.unravel_index(result.model_map.argmax(), (448, 448)) == np.unravel_index(reference.argmax(), (448, 448))
+    single = tmp_path / 'one'
+    assert main(['--action-type', 'predict', '--checkpoint', calibrated, '--input', source_path(work, 3),
+                 '--output-dir', str(single), '--no-cuda', '--workers', '0']) == 0
+    (row,) = list(__import__('csv').DictReader(open(single / 'predictions.csv')))
+    assert row['decision'] == 'defective' and int(row['defect_pixels']) > 0  # 3_scratch scores above t_I
+    assert Image.open(single / row['mask']).size == (232, 168) and Image.open(single / row['overlay']).width > 232
+    report = json.load(open(single / 'predictions.json'))
+    assert 'DifferNet' in report['mask_rule'] and report['stored_thresholds']['pixel_threshold'] is None

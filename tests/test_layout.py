@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-VERBS = {'train', 'calibrate', 'predict', 'export', 'submission', 'serve', 'reproduce'}  # one --action-type (or runner) each
+VERBS = {'train', 'train_differnet', 'calibrate', 'predict', 'export', 'submission', 'serve', 'reproduce'}  # one --action-type (or runner) each
 PACKAGES = ('custom_datasets', 'custom_models', 'utils', 'service')
 BENCHMARKS = 'benchmarks'  # the bench: a verb in a package of its own (one module per section)
 

@@ -102,6 +102,21 @@ def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence
             **({'cell_grids': [list(map(float, g)) for g in grids]} if grids is not None else {})}
 
 
+def score_calibration(scores: np.ndarray, source: str, settings: dict, image_quantile: float = IMAGE_QUANTILE,
+                      margin: float = IMAGE_MARGIN) -> dict:
+    """The calibration record of a model that gives image scores only (DifferNet): t_I by the rule above from
+    the scores of defect-free images; its masks are relative to each map's own peak (no pixel constants)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size < 2:
+        raise CflowError(f'calibration needs at least 2 defect-free images, got {scores.size}')
+    image_threshold, median = image_threshold_rule(scores, image_quantile, margin)
+    if not math.isfinite(image_threshold):
+        raise CflowError('calibration gave a non-finite threshold: the model diverged or the images are unusual')
+    return {'model': 'differnet', 'image_threshold': image_threshold, 'image_quantile': image_quantile,
+            'margin': margin, 'n_images': int(scores.size), 'source': source, 'score_median': float(median),
+            'score_max': float(scores.max()), 'settings': dict(settings)}
+
+
 def thresholds_from_maps(maps: np.ndarray, image_quantile: float = IMAGE_QUANTILE, margin: float = IMAGE_MARGIN,
                          pixel_quantile: float = PIXEL_QUANTILE) -> dict:
     """t_I and t_P (module docstring) from the anomaly maps A (N x H x W) of the calibration images, for a

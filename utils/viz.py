@@ -124,7 +124,9 @@ def prediction_picture(display: Image.Image, result, thresholds, precision: str 
     """predict's overlay of one ``Prediction`` (custom_models/detector.py) at ``thresholds`` (its
     ``Thresholds``), as the command and the service draw it; a quantized model is named on it."""
     which = f'thresholds: {thresholds.source}' + ('' if precision == 'fp32' else f'; {precision.upper()} model')
-    return decision_picture(display, result.model_map, result.mask, 2 * thresholds.image, result.score,
+    # the colour scale: twice t_I for calibrated maps; a map relative to its own peak (DifferNet) runs to 1
+    vmax = 1.0 if result.thresholds.get('map_scale') == 'relative' else 2 * thresholds.image
+    return decision_picture(display, result.model_map, result.mask, vmax, result.score,
                             thresholds.image, result.thresholds['mask_threshold'], result.defective, which)
 
 
