@@ -358,8 +358,9 @@ def encoder_weights_choice(c) -> str:
             print('Notice: random-init encoder (--encoder-weights none); scores are not comparable to the paper')
         return c.encoder_weights
     from custom_models.encoders import imagenet_weights_cached
-    cached = (os.path.isfile(__import__('custom_models.weights', fromlist=['x']).torchvision_cache_path('alexnet'))
-              if c.model_type == 'differnet' else imagenet_weights_cached(c.enc_arch))
+    from custom_models.weights import torchvision_cache_path
+    cached = (os.path.isfile(torchvision_cache_path('alexnet')) if c.model_type == 'differnet'
+              else imagenet_weights_cached(c.enc_arch))
     if c.dataset == 'demo' and not cached:
         print(f'Notice: no ImageNet weights for {c.enc_arch} in the torch hub cache; the demo uses a '
               f'seeded random-init encoder (scores are lower than with ImageNet weights)')

@@ -96,6 +96,14 @@ def demo_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def demo_copy(demo_root, tmp_path):
+    """A copy of the demo class, for a test to break."""
+    root = tmp_path / 'data'
+    shutil.copytree(demo_root, root)
+    return root
+
+
 TRAIN = ['--dataset', 'demo', '-enc', 'resnet18', '-inp', '64', '-bs', '64', '-cb', '2', '--meta-epochs', '1',
          '--sub-epochs', '1', '--workers', '0', '--no-cuda', '--encoder-weights', 'none', '--pro']
 

@@ -2,9 +2,7 @@
 import os
 import shutil
 
-import pytest
 import torch
-from PIL import Image
 
 from main import main
 
@@ -27,11 +25,8 @@ def assert_one_line_error(rc, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.fixture
-def demo_copy(demo_root, tmp_path):
-    root = tmp_path / 'data'
-    shutil.copytree(demo_root, root)
-    return root
+def folder_args(root, *extra):
+    return ['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(root)] + BASE + list(extra)
 
 
 def test_missing_data_folder(capsys, tmp_path):

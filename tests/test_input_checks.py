@@ -11,18 +11,7 @@ from custom_datasets.folder import list_split
 from custom_models.encoders import build_encoder
 from main import main
 
-from tests.test_errors import BASE, assert_one_line_error, run_cli
-
-
-@pytest.fixture
-def demo_copy(demo_root, tmp_path):
-    root = tmp_path / 'data'
-    shutil.copytree(demo_root, root)
-    return root
-
-
-def folder_args(root, *extra):
-    return ['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(root)] + BASE + list(extra)
+from tests.test_errors import BASE, assert_one_line_error, folder_args, run_cli
 
 
 def test_checkpoint_with_norm_train_is_refused(capsys, tmp_path):

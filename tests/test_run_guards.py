@@ -2,10 +2,8 @@
 one line; a NaN metric is never the max; runs never share files; --save-best keeps the published checkpoint too."""
 import json
 import os
-import shutil
 
 import numpy as np
-import pytest
 import torch
 
 import custom_models.scoring
@@ -16,18 +14,7 @@ from main import main
 from utils.results import ScoreObserver, reserve_run
 
 from tests.conftest import reference_checkpoint
-from tests.test_errors import BASE, assert_one_line_error, run_cli
-
-
-@pytest.fixture
-def demo_copy(demo_root, tmp_path):
-    root = tmp_path / 'data'
-    shutil.copytree(demo_root, root)
-    return root
-
-
-def folder_args(root, *extra):
-    return ['--dataset', 'folder', '--class-name', 'textile', '--data-path', str(root)] + BASE + list(extra)
+from tests.test_errors import assert_one_line_error, folder_args, run_cli
 
 
 def test_every_action_runs_full_fp32_unless_tf32(tmp_path):
