@@ -230,3 +230,23 @@ def test_a_calibrated_differnet_predicts_with_the_authors_scores_and_its_gradien
     assert Image.open(single / row['mask']).size == (232, 168) and Image.open(single / row['overlay']).width > 232
     report = json.load(open(single / 'predictions.json'))
     assert 'DifferNet' in report['mask_rule'] and report['stored_thresholds']['pixel_threshold'] is None
+
+
+def test_the_runner_runs_differnet_and_reports_its_image_auroc(tmp_path):
+    import reproduce
+    out = tmp_path / 'reproduce'
+    assert reproduce.main(['--preset', 'differnet', '--dataset', 'demo', '--classes', 'bottle', '--runs', '1',
+                           '-inp', '256', '-bs', '16', '--meta-epochs', '1', '--sub-epochs', '1', '--encoder-weights',
+                           'none', '--workers', '0', '--no-cuda', '--output-dir', str(out),
+                           '--data-path', str(tmp_path / 'data')]) == 0
+    report = (out / 'report.md').read_text()
+    (run,) = [json.load(open(p)) for p in (out / 'results').glob('*.json')]
+    assert run['settings']['model_type'] == 'differnet' and run['settings']['enc_arch'] == 'alexnet'
+    row = next(line for line in report.split('## DET_AUROC (%)')[1].splitlines() if line.startswith('| bottle'))
+    assert f'{run["last"]["DET_AUROC"]:.2f}' in row and '## SEG_AUROC' not in report  # no map metrics to show
+    # the same run is found again by its settings: a second call has nothing to do
+    assert reproduce.main(['--preset', 'differnet', '--dataset', 'demo', '--classes', 'bottle', '--runs', '1',
+                           '-inp', '256', '-bs', '16', '--meta-epochs', '1', '--sub-epochs', '1', '--encoder-weights',
+                           'none', '--workers', '0', '--no-cuda', '--output-dir', str(out),
+                           '--data-path', str(tmp_path / 'data')]) == 0
+    assert len(list((out / 'results').glob('*.json'))) == 1

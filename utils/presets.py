@@ -29,6 +29,7 @@ class Preset:
     dec: str = 'freia-cflow'
     pro: bool = True
     action: str = 'norm-train'  # 'norm-test' for the released checkpoints
+    network: str = 'cflow'      # or 'differnet' (--model differnet: its own flags)
 
     def input_for(self, class_name: str) -> int:
         if isinstance(self.input_size, dict):  # table B's per-class sizes; 256 for a class of another dataset
@@ -41,10 +42,12 @@ class Preset:
 
     def flags(self, class_name: str, run: int, input_size: Optional[int] = None) -> List[str]:
         """main.py flags of one run (without the data, device and output flags)."""
-        flags = ['-enc', self.enc, '-dec', self.dec, '-pl', str(self.pool_layers), '-cb', str(self.coupling_blocks),
-                 '-inp', str(input_size or self.input_for(class_name)), '-run', str(run),
-                 '--class-name', class_name, '--action-type', self.action]
-        return flags + (['--pro'] if self.pro else [])
+        common = ['-cb', str(self.coupling_blocks), '-inp', str(input_size or self.input_for(class_name)),
+                  '-run', str(run), '--class-name', class_name, '--action-type', self.action]
+        if self.network == 'differnet':
+            return ['--model', 'differnet'] + common
+        cflow = ['-enc', self.enc, '-dec', self.dec, '-pl', str(self.pool_layers)]
+        return cflow + common + (['--pro'] if self.pro else [])
 
 
 def load_published() -> dict:
@@ -63,6 +66,9 @@ def _presets() -> Dict[str, Preset]:
             enc, cb, pl, inp, uflow = m.groups()
             presets[name] = Preset(name, f'Table A column: {name} (localization AUROC)', encoders[enc], int(cb),
                                    int(pl), int(inp), dec='freia-flow' if uflow else 'freia-cflow', pro=False)
+    presets['differnet'] = Preset('differnet', 'DifferNet (WACV 2021) with its published settings: image AUROC '
+                                  '(no published numbers transcribed here)', 'alexnet', 8, 3, 448,
+                                  dec='differnet', pro=False, network='differnet')
     presets['mnv3-released'] = Preset('mnv3-released', 'norm-test of the released MobileNetV3-Large checkpoints '
                                       '(--checkpoints DIR; settings read from each file name)',
                                       'mobilenet_v3_large', 8, 3, 256, action='norm-test')

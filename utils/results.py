@@ -18,15 +18,19 @@ METRIC_NAMES = ('DET_AUROC', 'SEG_AUROC', 'SEG_AUPRO')
 # Every setting that changes a number: a results file stands for a run only if all of them match.
 SIGNATURE = ('action_type', 'dataset', 'data_path', 'class_name', 'run_name', 'seed', 'enc_arch', 'dec_arch',
              'pool_layers', 'coupling_blocks', 'input_size', 'meta_epochs', 'sub_epochs', 'batch_size', 'lr',
-             'encoder_weights', 'pro', 'checkpoint', 'adam', 'tf32', 'bf16')
+             'encoder_weights', 'pro', 'checkpoint', 'adam', 'tf32', 'bf16', 'model_type', 'transforms',
+             'test_transforms', 'fixed_rotations', 'flow_width')
 PATH_SETTINGS = ('data_path', 'checkpoint', 'encoder_weights')
-LEGACY_VALUES = {'adam': 'published', 'tf32': False, 'bf16': False}  # files from before the flag existed
+# files from before the flag existed
+LEGACY_VALUES = {'adam': 'published', 'tf32': False, 'bf16': False, 'model_type': 'cflow', 'transforms': 4,
+                 'test_transforms': 64, 'fixed_rotations': False, 'flow_width': 2048}
 FLAG_OF = {'action_type': '--action-type', 'dataset': '--dataset', 'data_path': '--data-path',
            'class_name': '--class-name', 'run_name': '-run', 'seed': '--seed', 'enc_arch': '-enc',
            'dec_arch': '-dec', 'pool_layers': '-pl', 'coupling_blocks': '-cb', 'input_size': '-inp',
            'meta_epochs': '--meta-epochs', 'sub_epochs': '--sub-epochs', 'batch_size': '-bs', 'lr': '--lr',
            'encoder_weights': '--encoder-weights', 'pro': '--pro', 'checkpoint': '--checkpoint', 'adam': '--adam',
-           'tf32': '--tf32', 'bf16': '--bf16'}
+           'tf32': '--tf32', 'bf16': '--bf16', 'model_type': '--model', 'transforms': '--transforms',
+           'test_transforms': '--test-transforms', 'fixed_rotations': '--fixed-rotations', 'flow_width': '--flow-width'}
 
 
 def run_signature(settings: dict) -> dict:
