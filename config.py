@@ -474,9 +474,9 @@ def check_model_flags(c, given: set) -> None:
             raise CflowError(f'{flag} is for {owner}, not --model {c.model_type}: drop it')
     if c.model_type != 'differnet':
         return
-    if c.action_type not in ('norm-train', 'norm-test', 'calibrate', 'predict', 'serve'):
-        raise CflowError(f'--action-type {c.action_type} is not built for --model differnet: norm-train, norm-test, '
-                         f'calibrate, predict and serve are (its gradient map is not an exportable graph)')
+    if c.action_type == 'submission':
+        raise CflowError('--action-type submission needs anomaly maps of calibrated scale: it is built for CFLOW, '
+                         'not --model differnet')
     if c.action_type in ('norm-train', 'norm-test') and c.calibration_path:
         raise CflowError('--calibration-path: DifferNet is calibrated after training, by --action-type calibrate '
                          '--model differnet --checkpoint FILE --calibration-path DIR')

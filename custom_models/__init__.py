@@ -7,7 +7,11 @@ def load_model(path, device='cpu', runtime=None, **options):
     """A calibrated model file, ready to ``.predict(inputs)``: CFLOW's (``custom_models/detector.py``), or a
     calibrated DifferNet's (``custom_models/differnet_detector.py``)."""
     import os
-    from custom_models.differnet_detector import differnet_detector, is_differnet_file
+    from custom_models.differnet_detector import (differnet_detector, differnet_onnx_detector, is_differnet_export,
+                                                  is_differnet_file)
+    if is_differnet_export(os.fspath(path)):
+        return differnet_onnx_detector(os.fspath(path), options.get('threads', 0), options.get('image_threshold'),
+                                       options.get('sensitivity'), runtime)
     if is_differnet_file(os.fspath(path)):
         if options.get('pixel_threshold') is not None:
             from utils.errors import CflowError

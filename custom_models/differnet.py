@@ -213,3 +213,24 @@ def load_differnet(path: str, seed: int = 0) -> DifferNet:
     for p in model.feature_extractor.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+class DifferNetScorer(nn.Module):
+    """The exportable part of DifferNet: B x V x 3 x S x S normalised views -> (B x S x S zeros, B scores). The
+    gradient map needs autograd, which an exported graph does not carry: its map output is zeros (predict and
+    ``load_model`` draw no mask from it). ``calibration`` travels in the exported file's metadata."""
+
+    def __init__(self, model: DifferNet, calibration: dict):
+        super().__init__()
+        self.model, self.calibration = model.eval(), calibration
+        self.input_size = int(calibration['settings']['input_size'])
+        self.views = int(calibration['settings']['test_transforms'])
+
+    def example_input(self) -> torch.Tensor:
+        return torch.rand(2, self.views, 3, self.input_size, self.input_size)
+
+    def forward(self, views: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        batch, count = views.shape[0], views.shape[1]
+        z, _ = self.model(views.reshape(batch * count, *views.shape[2:]))
+        scores = (z ** 2).reshape(batch, count, z.shape[1]).mean(dim=(1, 2))
+        return views.new_zeros(batch, views.shape[-2], views.shape[-1]), scores

@@ -8,6 +8,7 @@ an image decided defective is where its map reaches ``MASK_SHARE`` of its peak.
 A calibrated DifferNet file is the authors' ``save_weights`` state dict with one more key, ``calibration``
 (``utils.calibration.score_calibration``); their strict loader reads the uncalibrated file only.
 """
+import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -17,6 +18,7 @@ from custom_models.detector import Detector, Prediction, Thresholds, full_size_m
 from custom_models.differnet import DifferNet, gradient_maps, image_scores, load_differnet
 from utils.calibration import CALIBRATION_KEY
 from utils.errors import CflowError
+from utils.images import IMAGENET_MEAN, IMAGENET_STD
 from utils.threshold_options import check_threshold_options
 from utils.views import FixedViews, fixed_angles
 
@@ -32,6 +34,18 @@ def is_differnet_file(path: str) -> bool:
     except Exception:
         return False
     return isinstance(state, dict) and any(isinstance(k, str) and k.startswith('nf.module_list.') for k in state)
+
+
+def is_differnet_export(path: str) -> bool:
+    """An .onnx exported from a calibrated DifferNet (its metadata says so)."""
+    if not path.endswith('.onnx') or not os.path.isfile(path):
+        return False
+    from utils.export_onnx import metadata_props
+    try:
+        meta = metadata_props(path) or {}
+    except (OSError, ValueError):
+        return False
+    return '"model": "differnet"' in meta.get('cflow_calibration', '')
 
 
 class DifferNetRunner:
@@ -69,22 +83,42 @@ class DifferNetDetector(Detector):
                           model_map, tuple(size))
 
 
-def differnet_detector(path: str, device: str = 'cpu', image_threshold: Optional[float] = None,
-                       sensitivity: Optional[float] = None, runtime: Optional[str] = None) -> DifferNetDetector:
-    if runtime not in (None, 'torch'):
-        raise CflowError(f'{path} is a DifferNet model: it runs on PyTorch only (its map is a gradient)')
+def detector_of(run, calibration: dict, runtime: str, path: str, image_threshold: Optional[float],
+                sensitivity: Optional[float]) -> DifferNetDetector:
+    """The detector of a calibrated DifferNet run by ``run`` (views -> maps, scores), at the stored image
+    threshold, or the one set, moved by ``sensitivity``."""
     check_threshold_options(image_threshold, None, sensitivity)
-    calibration = torch.load(path, map_location='cpu', weights_only=True).get(CALIBRATION_KEY)
-    if calibration is None:
-        raise CflowError(f'{path} has no calibration: calibrate it first with --action-type calibrate --model '
-                         f'differnet --checkpoint {path} --calibration-path DIR')
     settings = calibration['settings']
     t_image = calibration['image_threshold'] if image_threshold is None else float(image_threshold)
     thresholds = Thresholds(t_image, 0.0, 0.0, 'stored' if image_threshold is None else
                             f'set: --image-threshold {image_threshold:g}')
     if sensitivity is not None:
         thresholds = thresholds.with_sensitivity(sensitivity)
-    runner = DifferNetRunner(load_differnet(path), device, settings['test_transforms'])
-    detector = DifferNetDetector(runner, settings, calibration, 'torch', path, thresholds)
-    detector.input_transform = FixedViews(settings['input_size'], settings['test_transforms'])
+    detector = DifferNetDetector(run, settings, calibration, runtime, path, thresholds)
+    detector.input_transform = FixedViews(settings['input_size'], settings['test_transforms'],
+                                          settings.get('norm_mean', IMAGENET_MEAN), settings.get('norm_std', IMAGENET_STD))
     return detector
+
+
+def differnet_detector(path: str, device: str = 'cpu', image_threshold: Optional[float] = None,
+                       sensitivity: Optional[float] = None, runtime: Optional[str] = None) -> DifferNetDetector:
+    """A calibrated DifferNet file on PyTorch (its gradient maps included)."""
+    if runtime not in (None, 'torch'):
+        raise CflowError(f'{path} is a DifferNet model file: it runs on PyTorch (export it for onnxruntime: '
+                         f'--action-type export --checkpoint {path} --output model.onnx; scores only)')
+    calibration = torch.load(path, map_location='cpu', weights_only=True).get(CALIBRATION_KEY)
+    if calibration is None:
+        raise CflowError(f'{path} has no calibration: calibrate it first with --action-type calibrate --model '
+                         f'differnet --checkpoint {path} --calibration-path DIR')
+    runner = DifferNetRunner(load_differnet(path), device, calibration['settings']['test_transforms'])
+    return detector_of(runner, calibration, 'torch', path, image_threshold, sensitivity)
+
+
+def differnet_onnx_detector(path: str, threads: int = 0, image_threshold: Optional[float] = None,
+                            sensitivity: Optional[float] = None, runtime: Optional[str] = None) -> DifferNetDetector:
+    """An exported DifferNet (scores and decisions; no gradient map, so no mask) on onnxruntime."""
+    from utils.export_onnx import OnnxModel
+    if runtime not in (None, 'onnxruntime'):
+        raise CflowError(f'{path} is an exported DifferNet: it runs on onnxruntime (--runtime onnxruntime)')
+    model = OnnxModel(path, threads=threads)
+    return detector_of(model, model.calibration, 'onnxruntime', path, image_threshold, sensitivity)

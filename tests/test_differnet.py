@@ -153,8 +153,8 @@ def test_each_models_flags_are_its_own(capsys, tmp_path):
     assert_one_line_error(*run_cli(capsys, base + ['--transforms', '8']), '--transforms is for DifferNet')
     assert_one_line_error(*run_cli(capsys, base + ['--model', 'diffnet']), "unknown --model 'diffnet'")
     assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '-inp', '128']), '-inp 252 or more')
-    assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '--action-type', 'export',
-                                                   '--checkpoint', 'x.pt', '--output', 'x.onnx']), 'not built for --model')
+    assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '--action-type', 'submission',
+                                                   '--dataset', 'mvtec_ad2', '--checkpoint', 'x.pt']), 'built for CFLOW')
     assert_one_line_error(*run_cli(capsys, base + ['--model', 'differnet', '--calibration-path', str(tmp_path)]),
                           'calibrated after training')
 
@@ -230,6 +230,13 @@ def test_a_calibrated_differnet_predicts_with_the_authors_scores_and_its_gradien
     assert Image.open(single / row['mask']).size == (232, 168) and Image.open(single / row['overlay']).width > 232
     report = json.load(open(single / 'predictions.json'))
     assert 'DifferNet' in report['mask_rule'] and report['stored_thresholds']['pixel_threshold'] is None
+    exported = str(tmp_path / 'differnet.onnx')
+    assert main(['--action-type', 'export', '--checkpoint', calibrated, '--output', exported]) == 0
+    onnx_detector = load_model(exported)
+    assert onnx_detector.runtime == 'onnxruntime'
+    on_onnx = onnx_detector.predict(source_path(work, 3))
+    assert on_onnx.score == pytest.approx(rows[INFO['images'][3]], rel=1e-4)  # the same fixed views, the same score
+    assert on_onnx.defective and not on_onnx.mask.any()  # no gradient map in a graph: decisions, no mask
 
 
 def test_the_runner_runs_differnet_and_reports_its_image_auroc(tmp_path):

@@ -23,11 +23,13 @@ INPUT, OUTPUTS = 'image', ('anomaly_map', 'score')
 
 
 def export_onnx(model, path: str) -> None:
-    """Trace ``model`` (an AnomalyModel on the CPU) to ``path`` with a dynamic batch axis."""
+    """Trace ``model`` (an AnomalyModel on the CPU, or another module of the same outputs with its own
+    ``example_input``: DifferNet's scorer) to ``path`` with a dynamic batch axis."""
     import copy
     import onnx
     model = copy.deepcopy(model)  # tracing leaves state on the module it traced: keep the caller's clean
-    example = torch.rand(2, 3, model.input_size, model.input_size)
+    example = (model.example_input() if hasattr(model, 'example_input') else
+               torch.rand(2, 3, model.input_size, model.input_size))
     batch = torch.export.Dim('batch', min=1, max=4096)
 
     def write(tmp):
