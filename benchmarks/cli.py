@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='quantize: data seeds of the demo-style classes (0: the demo\'s; the others no test uses)')
     p.add_argument('--seg-images', default=1000, type=int,
                    help='segmentation: images MVTec AD 2\'s metrics are computed over (default: 1000)')
-    p.add_argument('--seg-size', default='2000x1500', help='segmentation: WIDTHxHEIGHT of each map (default: 2000x1500)')
+    p.add_argument('--seg-size', default='2000x1500',
+                   help='segmentation: WIDTHxHEIGHT of each map (default: 2000x1500)')
     p.add_argument('--seg-baseline-images', default=20, type=int,
                    help='segmentation: images for the official all-at-once computation beside ours (0: none; '
                         'default: 20, about 4 GB)')
@@ -88,10 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help='differnet: test images (64 views each) per path and round (default: 4)')
     p.add_argument('--differnet-meta-epochs', default=4, type=int,
                    help='differnet: meta epochs of the demo-class runs of both models (default: 4)')
+    p.add_argument('--differnet-mtd', default=1, type=int,
+                   help='differnet: also compare the models on MTD-style tiles (761 training images; 0: skip)')
     p.add_argument('--rows-json', default='', metavar='FILE',
                    help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
     p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))
-    p.add_argument('--only', default='', help='comma-separated sections to run, the others skipped (instead of --skip); '
+    p.add_argument('--only', default='',
+                   help='comma-separated sections to run, the others skipped (instead of --skip); '
                    'the sections ' + ' and '.join(OPT_IN) + ' run only when named here')
     return p
 

@@ -39,8 +39,8 @@ def free_port() -> int:
 def start_server(model: str, runtime_flags: list, threads: int = 0) -> tuple:
     """(process, port) of ``main.py --action-type serve``, once /health answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, 'main.py', '--action-type', 'serve', '--checkpoint', model, '--port',
-                                str(port), '--no-cuda', *runtime_flags] + (['--threads', str(threads)] if threads else []),
+    argv = ['main.py', '--action-type', 'serve', '--checkpoint', model, '--port', str(port), '--no-cuda', *runtime_flags]
+    process = subprocess.Popen([sys.executable, *argv] + (['--threads', str(threads)] if threads else []),
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
@@ -111,7 +111,8 @@ def runtime_paths(a, model: str, runtime_flags: list, folder: str, tmp: str, ser
 
 def measure_runtime(a, name: str, model: str, runtime_flags: list, folder: str, tmp: str) -> list:
     servers = {'one': start_server(model, runtime_flags),
-               **{f'single-thread {k}': start_server(model, runtime_flags, threads=1) for k in range(a.service_processes)}}
+               **{f'single-thread {k}': start_server(model, runtime_flags, threads=1)
+                  for k in range(a.service_processes)}}
     try:
         paths = runtime_paths(a, model, runtime_flags, folder, tmp, servers)
         names = list(paths)
