@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help='predict: INT8 exports timed beside fp32 OpenVINO (comma-separated; empty: none)')
     p.add_argument('--quantize-seeds', default='0,201,202,203',
                    help='quantize: data seeds of the demo-style classes (0: the demo\'s; the others no test uses)')
+    add_opt_in_flags(p)
+    p.add_argument('--rows-json', default='', metavar='FILE',
+                   help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))
+    p.add_argument('--only', default='',
+                   help='comma-separated sections to run, the others skipped (instead of --skip); '
+                   'the sections ' + ' and '.join(OPT_IN) + ' run only when named here')
+    return p
+
+
+def add_opt_in_flags(p) -> None:
+    """The flags of the sections that run only when --only names them (OPT_IN)."""
     p.add_argument('--seg-images', default=1000, type=int,
                    help='segmentation: images MVTec AD 2\'s metrics are computed over (default: 1000)')
     p.add_argument('--seg-size', default='2000x1500',
@@ -91,13 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help='differnet: meta epochs of the demo-class runs of both models (default: 4)')
     p.add_argument('--differnet-mtd', default=1, type=int,
                    help='differnet: also compare the models on MTD-style tiles (761 training images; 0: skip)')
-    p.add_argument('--rows-json', default='', metavar='FILE',
-                   help='also write the rows as JSON (benchmarks/rows.py: Row) to FILE')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: ' + ','.join(SECTIONS))
-    p.add_argument('--only', default='',
-                   help='comma-separated sections to run, the others skipped (instead of --skip); '
-                   'the sections ' + ' and '.join(OPT_IN) + ' run only when named here')
-    return p
 
 
 def chosen_sections(a) -> list:
