@@ -13,7 +13,9 @@ from custom_models.model_file import SETTING_KEYS, stated_settings
 from custom_models.scoring import ScoreOptions, calibration_of, score_loader
 from custom_models.training import TrainOptions
 from utils.images import read_mask
+from utils.errors import CflowError, user_message
 from utils.progress import count, progress
+from utils.results import write_results
 from utils.segmentation_benchmark import BENCHMARK_PRO_LIMITS, SegmentationBenchmark
 from utils.submission_files import as_float16, finished, output_paths, read_pair, write_pair
 
@@ -112,3 +114,13 @@ def benchmark_pass(detector, data_root: str, paths: Sequence[str], labels: Optio
                 truth = masks[start + k]
                 benchmark.add(map16, mask, labels[start + k], np.asarray(read_mask(truth)) > 0 if truth else None)
     return benchmark.metrics() if benchmark is not None else None
+
+
+def record_stop(c, exc: BaseException, run_files, observers, history, checkpoints) -> None:
+    """A run stopped by Ctrl-C or an error: its results file marked as not complete, and what was kept."""
+    status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
+    files = write_results(c.items(), run_files, observers, history, checkpoints, status=status,
+                          extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
+    kept = f'checkpoints {", ".join(checkpoints)}' if checkpoints else 'no checkpoint'
+    print(f'Run {status} after {len(history)} of {c.meta_epochs} tested epochs: kept {files["json"]} '
+          f'(status "{status}") and {kept}; no results .txt line (it is written for complete runs only)')

@@ -29,7 +29,7 @@ def calibrate_differnet(c, paths) -> dict:
     written as the authors' state dict plus a ``calibration`` key."""
     import numpy as np
     import torch
-    from custom_models.differnet import load_differnet
+    from custom_models.differnet import load_differnet, read_differnet_file
     from custom_models.differnet_detector import DifferNetRunner
     from utils.atomic import atomic_write
     from utils.calibration import CALIBRATION_KEY, score_calibration
@@ -37,12 +37,11 @@ def calibrate_differnet(c, paths) -> dict:
     from utils.views import FixedViews
     settings = {'model': 'differnet', 'input_size': c.input_size, 'test_transforms': c.test_transforms,
                 'norm_mean': list(c.norm_mean), 'norm_std': list(c.norm_std)}
-    runner = DifferNetRunner(load_differnet(c.checkpoint, c.seed), c.device, c.test_transforms, maps=False)
+    state, _ = read_differnet_file(c.checkpoint)
+    runner = DifferNetRunner(load_differnet(c.checkpoint, c.seed, state), c.device, c.test_transforms, maps=False)
     views = FixedViews(c.input_size, c.test_transforms, c.norm_mean, c.norm_std)
     scores = np.concatenate([runner(views(read_rgb(p))[None])[1] for p in progress(paths, desc='calibrate')])
     calibration = score_calibration(scores, f'images under {c.calibration_path}', settings)
-    state = {k: v for k, v in torch.load(c.checkpoint, map_location='cpu', weights_only=True).items()
-             if k != CALIBRATION_KEY}
     output = c.output or default_output(c.checkpoint)
     atomic_write(output, lambda tmp: torch.save({**state, CALIBRATION_KEY: calibration}, tmp))
     print(f'Calibrated on {len(paths)} images: image threshold {calibration["image_threshold"]:.4g}; calibrated '

@@ -22,18 +22,16 @@ from actions import calibrate_on_folder, model_settings
 def export_differnet(c) -> dict:
     """A calibrated DifferNet as an ONNX graph of its scoring (views -> score): its gradient map needs autograd,
     which the graph does not carry, so the export gives scores and decisions, no map."""
-    import torch
-    from custom_models.differnet import DifferNetScorer, load_differnet
-    from utils.calibration import CALIBRATION_KEY
+    from custom_models.differnet import DifferNetScorer, load_differnet, read_differnet_file
     from utils.export_onnx import export_onnx
     if c.quantize or not c.output.endswith('.onnx'):
         raise CflowError(f'{c.checkpoint} is a DifferNet model: it exports as an fp32 .onnx only (its scores): '
                          f'name --output model.onnx, without --quantize')
-    calibration = torch.load(c.checkpoint, map_location='cpu', weights_only=True).get(CALIBRATION_KEY)
+    state, calibration = read_differnet_file(c.checkpoint)
     if calibration is None:
         raise CflowError(f'{c.checkpoint} has no calibration: calibrate it first (--action-type calibrate --model '
                          f'differnet --checkpoint {c.checkpoint} --calibration-path DIR)')
-    export_onnx(DifferNetScorer(load_differnet(c.checkpoint), calibration), c.output)
+    export_onnx(DifferNetScorer(load_differnet(c.checkpoint, state=state), calibration), c.output)
     size = os.path.getsize(c.output)
     print(f'Exported {c.output} ({size / 1e6:.1f} MB): DifferNet\'s scores; its gradient map stays with the .pt')
     return {'output': c.output, 'bytes': size}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from actions import (benchmark_pass, calibrate_images, calibrate_on_folder, data_options, loader_options,
-                     model_settings, score_options, train_options)
+                     model_settings, record_stop, score_options, train_options)
 from custom_datasets import build_datasets
 from custom_datasets.common import calibration_images, require_defect_pixels
 from utils.images import read_rgb
@@ -255,16 +255,6 @@ def run(c) -> dict:
     print(f'Results in {", ".join(files[k] for k in ("text", "json") if k in files)}')
     return {'observers': observers, 'history': history, 'files': files, 'checkpoints': checkpoints,
             'maps': maps, 'scores': image_score, 'labels': scores.labels if scores else None}
-
-
-def record_stop(c, exc: BaseException, run_files, observers, history, checkpoints) -> None:
-    """A run stopped by Ctrl-C or an error: its results file marked as not complete, and what was kept."""
-    status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed'
-    files = write_results(c.items(), run_files, observers, history, checkpoints, status=status,
-                          extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
-    kept = f'checkpoints {", ".join(checkpoints)}' if checkpoints else 'no checkpoint'
-    print(f'Run {status} after {len(history)} of {c.meta_epochs} tested epochs: kept {files["json"]} '
-          f'(status "{status}") and {kept}; no results .txt line (it is written for complete runs only)')
 
 
 def training_setup(c, encoder, decoders, train_set):

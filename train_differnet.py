@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from actions import data_options
+from actions import data_options, record_stop
 from custom_datasets import build_datasets
 from custom_datasets.loaders import SeededShuffle
 from custom_datasets.rotated_views import RotatedViews, views_batch
@@ -21,7 +21,7 @@ from utils.views import fixed_angles, rotated_views
 from custom_models.differnet import (DifferNet, build_alexnet, differnet_optimizer, gradient_maps, image_scores,
                                      load_differnet, train_step)
 from utils.atomic import atomic_write
-from utils.errors import CflowError, user_message
+from utils.errors import CflowError
 from utils.images import read_rgb
 from utils.metrics import detection_auroc
 from utils.progress import count, progress
@@ -115,10 +115,8 @@ def run_differnet(c) -> dict:
             atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
             checkpoints.append(path)
             print(f'Saving final weights to {path}')
-    except BaseException as exc:
-        write_results(c.items(), run_files, observers, history, checkpoints,
-                      status='interrupted' if isinstance(exc, KeyboardInterrupt) else 'failed',
-                      extra={'error': user_message(exc) if isinstance(exc, CflowError) else repr(exc)})
+    except BaseException as exc:  # Ctrl-C or an error: keep what was done, marked as not complete
+        record_stop(c, exc, run_files, observers, history, checkpoints)
         raise
     extra = {'test_scores': [{'path': p, 'label': int(y), 'score': float(s)}
                              for p, y, s in zip(test_set.x, test_set.y, scores)],

@@ -14,7 +14,7 @@ The module keeps the authors' state-dict keys (``feature_extractor.*``: a whole 
 only ``.features`` runs; ``nf.module_list.{2k+2}.{s1,s2}.{fc1,fc2,fc2b,fc3,bn}.*``), so a file their
 ``save_weights`` wrote loads as it is; block count and width are read from the file.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -193,17 +193,26 @@ def train_step(model: DifferNet, optimizer: torch.optim.Optimizer, views: torch.
     return loss.item()
 
 
-def load_differnet(path: str, seed: int = 0) -> DifferNet:
-    """A DifferNet from a file the authors' ``save_weights`` wrote (``model.state_dict()``), or ours (the same
-    format): block count and width read from the file, AlexNet's weights from the file too."""
+def read_differnet_file(path: str) -> Tuple[dict, Optional[dict]]:
+    """(the state dict's tensors, the calibration record or None) of a DifferNet file, read once (the published
+    flow's file is about 700 MB)."""
     from custom_models.weights import read_state_file
+    from utils.calibration import CALIBRATION_KEY
     from utils.errors import CflowError
-    state = {k: v for k, v in read_state_file(path, 'DifferNet weights file').items()
-             if isinstance(v, torch.Tensor)}  # a calibrated file's ``calibration`` record aside
-    if not any(k.startswith('nf.module_list.') for k in state):
-        hint = (' (a CFLOW checkpoint: drop --model differnet)' if 'decoder_state_dict' in state else
+    raw = read_state_file(path, 'DifferNet weights file')
+    if not any(isinstance(k, str) and k.startswith('nf.module_list.') for k in raw):
+        hint = (' (a CFLOW checkpoint: drop --model differnet)' if 'decoder_state_dict' in raw else
                 ': it holds no nf.module_list.* keys (the authors\' save_weights writes them)')
         raise CflowError(f'{path} is not a DifferNet weights file{hint}')
+    return {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}, raw.get(CALIBRATION_KEY)
+
+
+def load_differnet(path: str, seed: int = 0, state: Optional[dict] = None) -> DifferNet:
+    """A DifferNet from a file the authors' ``save_weights`` wrote (``model.state_dict()``), or ours (the same
+    format, a calibration beside it): block count and width read from the file, AlexNet's weights from the file
+    too. ``state``: the file's tensors when the caller read them already (``read_differnet_file``)."""
+    from utils.errors import CflowError
+    state = read_differnet_file(path)[0] if state is None else state
     blocks, width = flow_shape(state)
     model = DifferNet(build_alexnet('none', seed), blocks, width)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from custom_models.detector import Detector, Prediction, Thresholds, full_size_mask
-from custom_models.differnet import DifferNet, gradient_maps, image_scores, load_differnet
-from utils.calibration import CALIBRATION_KEY
+from custom_models.differnet import DifferNet, gradient_maps, image_scores, load_differnet, read_differnet_file
 from utils.errors import CflowError
 from utils.images import IMAGENET_MEAN, IMAGENET_STD
 from utils.threshold_options import check_threshold_options
@@ -106,11 +105,11 @@ def differnet_detector(path: str, device: str = 'cpu', image_threshold: Optional
     if runtime not in (None, 'torch'):
         raise CflowError(f'{path} is a DifferNet model file: it runs on PyTorch (export it for onnxruntime: '
                          f'--action-type export --checkpoint {path} --output model.onnx; scores only)')
-    calibration = torch.load(path, map_location='cpu', weights_only=True).get(CALIBRATION_KEY)
+    state, calibration = read_differnet_file(path)
     if calibration is None:
         raise CflowError(f'{path} has no calibration: calibrate it first with --action-type calibrate --model '
                          f'differnet --checkpoint {path} --calibration-path DIR')
-    runner = DifferNetRunner(load_differnet(path), device, calibration['settings']['test_transforms'])
+    runner = DifferNetRunner(load_differnet(path, state=state), device, calibration['settings']['test_transforms'])
     return detector_of(runner, calibration, 'torch', path, image_threshold, sensitivity)
 
 
