@@ -10,19 +10,29 @@ from custom_datasets.common import LabelledImages, calibration_images
 from custom_datasets.loaders import LoaderOptions, make_loader
 from config import checked_flags, derive, model_file_request
 from custom_models.model_file import SETTING_KEYS, stated_settings
-from custom_models.scoring import ScoreOptions, calibration_of, score_loader
+from custom_models.scoring import ScoreOptions, calibration_of, score_loader, score_tiled
 from custom_models.training import TrainOptions
 from utils.images import read_mask
 from utils.errors import CflowError, user_message
 from utils.progress import count, progress
 from utils.results import write_results
 from utils.segmentation_benchmark import BENCHMARK_PRO_LIMITS, SegmentationBenchmark
+from utils.tiling import Tiling, tiling_of
 from utils.submission_files import as_float16, finished, output_paths, read_pair, write_pair
 
 
 def model_settings(c) -> dict:
-    """The settings a model file records (``SETTING_KEYS``: architecture, input size, normalisation)."""
-    return {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
+    """The settings a model file records (``SETTING_KEYS``: architecture, input size, normalisation), and a
+    tiled model's tiling (``utils/tiling.py``; an untiled model's settings are as before tiling existed)."""
+    settings = {k: (list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)) for k in SETTING_KEYS}
+    return {**settings, **(tiling_settings(c) or {})}
+
+
+def tiling_settings(c) -> Optional[dict]:
+    """--tile, --tile-overlap, --image-size as a model file records them, or None when untiled."""
+    if getattr(c, 'tile', None) is None:
+        return None
+    return Tiling(c.tile, c.tile_overlap, c.image_size).as_settings()
 
 
 def score_options(c) -> ScoreOptions:
@@ -51,6 +61,13 @@ def calibration_on_images(encoder, decoders, settings: dict, paths: Sequence[str
     """The calibration record (``utils/calibration.py``) of a model (``settings``: its ``SETTING_KEYS``) from
     ``paths``, defect-free images read the way test images are: the pass every action and the bench run."""
     paths = list(paths)
+    tiling = tiling_of(settings)
+    if tiling is not None:  # the constants and thresholds of the stitched maps (utils/tiling.py)
+        from custom_datasets.tiles import TiledTestImages, tiled_loader
+        dataset = TiledTestImages(paths, [0] * len(paths), [None] * len(paths), tiling, settings['input_size'],
+                                  settings['norm_mean'], settings['norm_std'])
+        scores = score_tiled(score, tiled_loader(dataset, loader.workers), encoder, decoders, loader.batch_size)
+        return calibration_of(scores.log_probs, encoder, settings, source, scores.layouts)
     dataset = LabelledImages(paths, [0] * len(paths), [None] * len(paths), settings['input_size'], train=False,
                              mean=settings['norm_mean'], std=settings['norm_std'])
     scores = score_loader(score, make_loader(dataset, False, loader), encoder, decoders)

@@ -24,7 +24,8 @@ MODELS = ('cflow', 'differnet')
 CFLOW_ONLY = (('-enc', 'enc_arch'), ('-dec', 'dec_arch'), ('-pl', 'pool_layers'), ('--pro', 'pro'),
               ('--pro-limit', 'pro_limit'), ('--scorer', 'scorer'), ('--fiber-chunk', 'fiber_chunk'),
               ('--adam', 'adam'), ('--bf16', 'bf16'), ('--compile', 'compile'), ('--test-cache-mb', 'test_cache_mb'),
-              ('--save-best', 'save_best'))
+              ('--save-best', 'save_best'), ('--tile', 'tile'), ('--tile-overlap', 'tile_overlap'),
+              ('--image-size', 'image_size'))
 DIFFERNET_ONLY = (('--transforms', 'transforms'), ('--test-transforms', 'test_transforms'),
                   ('--fixed-rotations', 'fixed_rotations'), ('--flow-width', 'flow_width'))
 # DifferNet's published settings (its config.py), for every flag the user leaves out
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p.add_argument_group('data, runs and model files'))
     add_predict_flags(p.add_argument_group('predict'))
     add_deployment_flags(p.add_argument_group('calibrate and export'))
+    add_tiling_flags(p.add_argument_group('high-resolution images: tiles at the image\'s own resolution '
+                                          '(stored in the model file; every action applies them)'))
     add_service_flags(p.add_argument_group('serve: the model behind HTTP (--action-type serve)'))
     add_differnet_flags(p.add_argument_group('DifferNet (--model differnet), the image-level flow CFLOW grew from'))
     add_speed_flags(p.add_argument_group('speed (the same results, or opt-in fast modes that change them slightly)'))
@@ -196,6 +199,30 @@ def add_deployment_flags(p) -> None:
                         'products, or both (default: encoder, the one that kept the quality; BENCHMARKS.md)')
 
 
+def add_tiling_flags(p) -> None:
+    p.add_argument('--tile', default=None, type=int, metavar='T',
+                   help='cover each image with T x T pixel tiles, each resized to -inp and scored, the maps stitched '
+                        '(overlaps averaged); training uses every tile of the good images (default: off, the '
+                        'published resize of the whole image)')
+    p.add_argument('--tile-overlap', default=0, type=int, metavar='O',
+                   help='--tile: least overlap of neighbouring tiles in pixels; the last row and column lie on '
+                        'the edge (default: 0)')
+    p.add_argument('--image-size', default=None, type=int, metavar='S',
+                   help='--tile: scale each image\'s longer side to S pixels before tiling (default: as read)')
+
+
+def check_tiling_flags(c, given: set) -> None:
+    """--tile's settings, checked once (``utils.tiling.Tiling.check``); its companions need it."""
+    from utils.tiling import Tiling
+    if c.tile is None:
+        companion = next((flag for flag, dest in (('--tile-overlap', 'tile_overlap'), ('--image-size', 'image_size'))
+                          if dest in given), None)
+        if companion:
+            raise CflowError(f'{companion} is for tiled models: pass --tile T too (or drop {companion})')
+        return
+    Tiling(c.tile, c.tile_overlap, c.image_size).check()
+
+
 def add_differnet_flags(p) -> None:
     p.add_argument('--model', default='cflow', metavar='NAME', dest='model_type',
                    help='cflow (default) or differnet (Rudolph et al., WACV 2021; its published defaults for every '
@@ -296,7 +323,7 @@ def apply_demo_defaults(c, given: set) -> None:
 
 
 FLAG_OF_SETTING = {'input_size': '-inp', 'enc_arch': '-enc', 'pool_layers': '-pl', 'coupling_blocks': '-cb',
-                   'dec_arch': '-dec'}
+                   'dec_arch': '-dec', 'tile': '--tile', 'tile_overlap': '--tile-overlap', 'image_size': '--image-size'}
 
 
 def apply_file_settings(c, settings: dict, source: str) -> None:
@@ -400,6 +427,7 @@ def check_flags(args, given: Optional[set] = None) -> Settings:
         raise CflowError(f'{c.checkpoint} holds the calibration it was exported with: drop --calibration-path, or '
                          f'calibrate the checkpoint and export it again')
     check_action_flags(c)
+    check_tiling_flags(c, given)
     check_dataset_flags(c)
     check_counts(c)
     if c.action_type == 'norm-train' and c.checkpoint:
@@ -550,6 +578,9 @@ def derive(c: Settings, stated: Tuple[dict, Optional[dict]] = ({}, None)) -> Set
         if c.checkpoint.endswith(('.pt', '.pth')):
             check_checkpoint_name(c)
         apply_file_settings(c, stated[0], c.checkpoint)  # the file's settings and calibration win over the defaults
+        if stated[1] is not None and 'tile' in c.given and stated[0].get('tile') is None:
+            raise CflowError(f'{c.checkpoint} was calibrated on whole images, not tiles: drop --tile, or train and '
+                             f'calibrate a model with --tile')
     apply_encoder_input(c, stated[0])
     if c.model_type == 'cflow' and not input_size_fits(c.enc_arch, c.pool_layers, c.input_size):
         raise CflowError(f'-inp {c.input_size} is too small for {c.enc_arch}: its deepest tapped map would be '

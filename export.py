@@ -41,6 +41,9 @@ def run_export(c) -> dict:
     from custom_models.differnet_detector import is_differnet_file
     if is_differnet_file(c.checkpoint):
         return export_differnet(c)
+    if c.quantize and c.tile is not None:
+        raise CflowError('--quantize int8 is not available for a tiled model (its INT8 thresholds would need the '
+                         'stitched maps): export it as --output model.onnx (fp32)')
     if c.quantize:
         return export_quantized(c)
     if not c.output.endswith(('.onnx', '.safetensors')):

@@ -21,9 +21,9 @@ from utils.images import read_rgb
 from custom_datasets.loaders import ReplayLoader, make_loader
 from custom_models.encoders import build_encoder, input_size_fits, smallest_input_size, tap_shapes
 from custom_models.flows import build_decoders
-from custom_models.scoring import TestScores, score_loader
+from custom_models.scoring import TestScores, score_loader, score_tiled
 from custom_models.training import train_meta_epoch
-from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores
+from utils.anomaly_map import anomaly_maps, calibrated_maps, image_scores, stitched_maps
 from utils.calibration import CALIBRATION_KEY, decision_quality
 from utils.oracle import image_f1_optimal_threshold
 from custom_models.checkpoint import save_checkpoint
@@ -36,6 +36,7 @@ from utils.pro_curve import ProCurve
 from utils.progress import count
 from utils.segmentation_benchmark import benchmark_limits, pro_name
 from utils.threads import ThreadPolicy
+from utils.tiling import tiling_of
 
 
 def seed_everything(seed: int) -> None:
@@ -108,9 +109,44 @@ def map_metrics(c, labels, masks, maps: np.ndarray, image_score: np.ndarray) -> 
     return metrics
 
 
+def test_maps(c, scores: TestScores, calibration: Optional[dict] = None) -> np.ndarray:
+    """The anomaly maps of a test pass: normalised over the set as published, or with the calibration's
+    constants; a tiled model's stitched (``utils/tiling.py``), at the canvas resolution."""
+    if scores.layouts is not None:
+        return stitched_maps(scores.log_probs, scores.layouts, c.input_size, calibration)
+    if calibration is None:
+        return anomaly_maps(scores.log_probs, c.crp_size)
+    return calibrated_maps(scores.log_probs, c.crp_size, calibration)
+
+
+def tiled_sets(c, train_set, test_set):
+    """(train set, test set) as a tiled model reads them (``custom_datasets/tiles.py``); as given when untiled."""
+    tiling = tiling_of(model_settings(c))
+    if tiling is None:
+        return train_set, test_set
+    from custom_datasets.tiles import TiledTrainingImages, tiled_test_set
+    return (TiledTrainingImages(train_set, tiling) if train_set is not None else None,
+            tiled_test_set(test_set, tiling) if test_set is not None else None)
+
+
+def test_pass(c, loader, encoder, decoders) -> TestScores:
+    """One pass over the test set (a tiled model's: its tiles, -bs at a time)."""
+    if tiling_of(model_settings(c)) is not None:
+        return score_tiled(score_options(c), loader, encoder, decoders, c.batch_size)
+    return score_loader(score_options(c), loader, encoder, decoders)
+
+
+def test_loader_of(c, test_set):
+    """The test set's loader, replayed from memory after the first pass (``--test-cache-mb``)."""
+    if tiling_of(model_settings(c)) is not None:
+        from custom_datasets.tiles import tiled_loader
+        return ReplayLoader(tiled_loader(test_set, c.workers), c.test_cache_mb)
+    return ReplayLoader(make_loader(test_set, False, loader_options(c)), c.test_cache_mb)
+
+
 def evaluate(c, scores: TestScores):
     """Anomaly maps, image scores and the metrics (in %) of one test pass (published normalisation)."""
-    maps = anomaly_maps(scores.log_probs, c.crp_size)
+    maps = test_maps(c, scores)
     image_score = image_scores(maps)
     return maps, image_score, map_metrics(c, scores.labels, scores.masks, maps, image_score)
 
@@ -118,7 +154,7 @@ def evaluate(c, scores: TestScores):
 def evaluate_calibrated(c, scores: TestScores, calibration: dict) -> dict:
     """The calibrated maps' metrics, and the decisions at the stored threshold beside the F1-optimal one
     (an oracle: it is chosen with the test labels)."""
-    maps = calibrated_maps(scores.log_probs, c.crp_size, calibration)
+    maps = test_maps(c, scores, calibration)
     image_score = image_scores(maps)
     oracle = image_f1_optimal_threshold(scores.labels, image_score)
     return {**map_metrics(c, scores.labels, scores.masks, maps, image_score),
@@ -183,11 +219,12 @@ def run(c) -> dict:
     if labelled:
         require_both_classes(test_set.y)  # before any training, not after the first epoch
         require_defect_pixels(test_set)
+    train_set, test_set = tiled_sets(c, train_set, test_set)
     encoder, decoders = build_model(c)
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / '
           f'{count(len(test_set) if labelled else 0, "test image")}')
-    test_loader = ReplayLoader(make_loader(test_set, False, loader_options(c)), c.test_cache_mb) if labelled else None
+    test_loader = test_loader_of(c, test_set) if labelled else None
     calibration_paths = None
     if c.action_type == 'norm-train' and c.calibration_path:
         calibration_paths = calibration_images(c.calibration_path)  # a typo or bad image costs no training
@@ -215,7 +252,7 @@ def run(c) -> dict:
                 history.append({'epoch': epoch, 'train_loss': train_loss})
                 write_results(c.items(), run_files, observers, history, checkpoints, status='running')
                 continue
-            scores = score_loader(score_options(c), test_loader, encoder, decoders)
+            scores = test_pass(c, test_loader, encoder, decoders)
             print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
             maps, image_score, metrics = evaluate(c, scores)
             improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()
@@ -273,7 +310,7 @@ def visualize(c, folder: str, paths, scores: TestScores, maps, image_score, cali
     the published maps with the oracle thresholds; returns the folder."""
     from utils.viz import save_visualizations
     if calibration is not None:
-        maps = calibrated_maps(scores.log_probs, c.crp_size, calibration)
+        maps = test_maps(c, scores, calibration)
         image_score = image_scores(maps)
     folder = save_visualizations(c.class_name, folder, paths, maps, image_score, scores.labels, scores.masks,
                                  epoch=epoch, read_image=read_rgb, calibration=calibration)

@@ -5,16 +5,17 @@ import os
 import torch
 
 from benchmarks import (aupro, differnet, encoders, loader, masks, modes, pipeline, predict, quantize, segmentation,
-                        service, sizes, stages, threads, training)
+                        service, sizes, stages, threads, tiling, training)
 from benchmarks.rows import table, write_rows
 from custom_models.encoders import ENCODER_ARCHS
 
 # name (for --skip) -> the module whose run(a) measures it, in the order they run; the OPT_IN ones (minutes each,
 # added after the commands in BENCHMARKS.md were written) run only when --only names them
-OPT_IN = ('segmentation', 'service', 'differnet')
+OPT_IN = ('segmentation', 'service', 'differnet', 'tiling')
 SECTIONS = {'pipeline': pipeline, 'aupro': aupro, 'loader': loader, 'predict': predict, 'stages': stages,
             'encoders': encoders, 'sizes': sizes, 'train': training, 'threads': threads, 'masks': masks,
-            'quantize': quantize, 'segmentation': segmentation, 'service': service, 'differnet': differnet}
+            'quantize': quantize, 'segmentation': segmentation, 'service': service, 'differnet': differnet,
+            'tiling': tiling}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +104,11 @@ def add_opt_in_flags(p) -> None:
                    help='differnet: meta epochs of the demo-class runs of both models (default: 4)')
     p.add_argument('--differnet-mtd', default=1, type=int,
                    help='differnet: also compare the models on MTD-style tiles (761 training images; 0: skip)')
+    p.add_argument('--tiling-seeds', default='101,102',
+                   help='tiling: data seeds of the held-out 1,024 px classes (default: 101,102; empty: none)')
+    p.add_argument('--tiling-speed', default=1, type=int, help='tiling: also measure speed and memory (0: skip)')
+    p.add_argument('--tiling-rounds', default=3, type=int, help='tiling: interleaved rounds of the speed cases')
+    p.add_argument('--tiling-threads', default=2, type=int, help='tiling: torch threads of each speed case')
 
 
 def chosen_sections(a) -> list:

@@ -1,6 +1,6 @@
 """What ``predict`` reads: an image, a folder of images (recursively) or a video, in batches.
 
-A batch is (B x 3 x inp x inp tensors in [0, 1], items); an item is (source, frame or None,
+A batch is (B x 3 x inp x inp tensors in [0, 1], or a tiled model's ``utils.tiling.TiledBatch``, items); an item is (source, frame or None,
 display copy or None, (width, height)), or (source, None, None, error text) for an unreadable
 image (``unreadable``), which predict skips with a warning instead of failing.
 """
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from custom_datasets.common import IMAGE_EXTENSIONS, list_images_recursive
 from utils.images import read_rgb, to_model_input
+from utils.tiling import collate_inputs
 from custom_datasets.stc import import_av
 from utils.errors import CflowError
 from utils.viz import display_copy
@@ -40,15 +41,17 @@ class ImageFiles(Dataset):
     def __getitem__(self, i):
         try:
             image = read_rgb(self.paths[i])
+            model_input = self.transform(image)  # a tiled model's tiles must fit the image
         except CflowError as exc:
-            blank = torch.zeros_like(self.transform(Image.new('RGB', (1, 1))))
+            blank = (self.transform.blank() if hasattr(self.transform, 'blank') else
+                     torch.zeros_like(self.transform(Image.new('RGB', (1, 1)))))
             return blank, (self.paths[i], None, None, str(exc))
         display = display_copy(image, minimum=256) if self.display else None
-        return self.transform(image), (self.paths[i], None, display, image.size)
+        return model_input, (self.paths[i], None, display, image.size)
 
 
 def collate(batch):
-    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+    return collate_inputs([b[0] for b in batch]), [b[1] for b in batch]
 
 
 def image_batches(paths: List[str], input_size: int, batch_size: int, workers: int,
@@ -73,12 +76,12 @@ def video_batches(path: str, input_size: int, batch_size: int,
                 tensors.append(transform(image))
                 items.append((path, index, image, image.size))
                 if len(items) == batch_size:
-                    yield torch.stack(tensors), items
+                    yield collate_inputs(tensors), items
                     tensors, items = [], []
     except (av.error.FFmpegError, IndexError) as exc:
         raise CflowError(f'cannot decode video {path} ({exc}): check the file') from None
     if items:
-        yield torch.stack(tensors), items
+        yield collate_inputs(tensors), items
 
 
 def video_info(path: str) -> Tuple[int, float]:

@@ -68,7 +68,7 @@ class ReplayLoader:
             return
         kept, size = [], 0
         for batch in self.loader:
-            size += sum(t.numel() * t.element_size() for t in batch)
+            size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
             kept = kept if kept is not None and size <= self.budget else None
             if kept is not None:
                 kept.append(batch)

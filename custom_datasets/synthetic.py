@@ -73,6 +73,30 @@ def demo_data_seed(class_name: str) -> int:
     return DEMO_CLASSES.index(class_name) if class_name in DEMO_CLASSES else 0
 
 
+def start_class(class_dir: str, settings: dict) -> bool:
+    """Whether a generated class must be written: False when a finished one with the same ``settings`` is
+    there; else the folder is made empty (only a folder a generator started, marked ``.synthetic``, is ever
+    removed). ``finish_class`` marks it finished."""
+    marker = os.path.join(class_dir, '.complete.json')
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            if json.load(f) == settings:
+                return False
+    if os.path.isdir(class_dir):
+        if not os.path.isfile(os.path.join(class_dir, '.synthetic')):
+            raise CflowError(f'{class_dir} exists and was not made by the data generator: '
+                             f'pass another --data-path for the generated class')
+        shutil.rmtree(class_dir)
+    os.makedirs(class_dir)
+    open(os.path.join(class_dir, '.synthetic'), 'w').close()
+    return True
+
+
+def finish_class(class_dir: str, settings: dict) -> None:
+    with open(os.path.join(class_dir, '.complete.json'), 'w') as f:
+        json.dump(settings, f)
+
+
 def make_demo_class(root: str, class_name: str = DEMO_CLASS, seed: Optional[int] = None, image_size: int = 192,
                     n_train: int = 64, n_test_good: int = 16, n_test_defect: int = 12) -> str:
     """Write the demo class under ``root/class_name`` unless the same one is already there.
@@ -84,19 +108,8 @@ def make_demo_class(root: str, class_name: str = DEMO_CLASS, seed: Optional[int]
     settings: Dict = dict(seed=seed, image_size=image_size, n_train=n_train,
                           n_test_good=n_test_good, n_test_defect=n_test_defect, version=1)
     class_dir = os.path.join(root, class_name)
-    marker = os.path.join(class_dir, '.complete.json')
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            if json.load(f) == settings:
-                return class_dir
-    if os.path.isdir(class_dir):
-        # Only a folder this generator started (it leaves ``.synthetic``) is ever removed.
-        if not os.path.isfile(os.path.join(class_dir, '.synthetic')):
-            raise CflowError(f'{class_dir} exists and was not made by the demo generator: '
-                             f'pass another --data-path for the demo')
-        shutil.rmtree(class_dir)
-    os.makedirs(class_dir)
-    open(os.path.join(class_dir, '.synthetic'), 'w').close()
+    if not start_class(class_dir, settings):
+        return class_dir
     rng = np.random.default_rng(seed)
     for i in range(n_train):
         _save(_texture(rng, image_size), os.path.join(class_dir, 'train', 'good', f'{i:03d}.png'))
@@ -109,8 +122,7 @@ def make_demo_class(root: str, class_name: str = DEMO_CLASS, seed: Optional[int]
             _save(image, os.path.join(class_dir, 'test', defect, f'{i:03d}.png'))
             os.makedirs(os.path.join(class_dir, 'ground_truth', defect), exist_ok=True)
             Image.fromarray(mask).save(os.path.join(class_dir, 'ground_truth', defect, f'{i:03d}_mask.png'))
-    with open(marker, 'w') as f:
-        json.dump(settings, f)
+    finish_class(class_dir, settings)
     return class_dir
 
 

@@ -36,6 +36,7 @@ from utils.errors import CflowError
 from utils.threshold_options import check_threshold_options
 from utils.export_onnx import OnnxModel, OpenVinoModel
 from utils.pipeline import ordered_map, read_ahead
+from utils.tiling import TiledBatch, TileInputs, collate_inputs, tiled_map_scores, tiling_of
 from utils.model_kinds import precision_of
 from custom_models.model_file import read_model
 
@@ -87,7 +88,8 @@ class Prediction:
     defective: bool
     mask: np.ndarray          # bool, H x W (empty when decided good)
     thresholds: dict          # t_I, t_P, the mask share, this image's t_M, and where they come from
-    model_map: np.ndarray     # float32, inp x inp: the map as the model made it (overlays draw it)
+    model_map: np.ndarray     # float32, inp x inp (a tiled model: its stitched canvas): the map as the model
+                              # made it (overlays draw it)
     size: Tuple[int, int]     # (width, height) of the input
 
     @property
@@ -135,8 +137,11 @@ class Detector:
         self.run, self.settings, self.calibration, self.runtime = run, settings, calibration, runtime
         self.source = source  # the model file
         self.input_size = int(settings['input_size'])
-        # image -> model input, picklable (predict's loader workers run it): the published resize
-        self.input_transform = partial(to_model_input, input_size=self.input_size)
+        self.tiling = tiling_of(settings)  # utils/tiling.py: tiles at the image's own resolution, stitched
+        # image -> model input, picklable (predict's loader workers run it): the published resize, or the tiles
+        self.input_transform = (TileInputs(self.tiling, self.input_size) if self.tiling else
+                                partial(to_model_input, input_size=self.input_size))
+        self.tile_batch = 8  # tiles scored at once (``prepare`` sets it to the caller's batch size)
         self.thresholds = thresholds or choose_thresholds(calibration)
         self.streams = getattr(run, 'streams', 1)  # images the runtime scores at once (threads shared)
         self.precision = precision_of(calibration)  # 'fp32', or 'int8 (encoder)' for a quantized export
@@ -147,21 +152,36 @@ class Detector:
     def prepare(self, batch_size: int) -> None:
         """Compile for ``batch_size`` now (OpenVINO), not at the first image: predict does it while its
         loader workers start and read the first images."""
+        self.tile_batch = max(1, int(batch_size))
         if hasattr(self.run, 'prepare'):
             self.run.prepare(batch_size)
 
-    def model_input(self, image: Image.Image) -> torch.Tensor:
+    def model_input(self, image: Image.Image):
+        """3 x inp x inp in [0, 1], or a tiled model's ``TiledInput``; ``collate`` batches them."""
         return self.input_transform(image)
 
-    def score_images(self, images: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
-        """(B x inp x inp maps, B scores) as float32 numpy, of B x 3 x inp x inp images in [0, 1]."""
+    def warm_image(self) -> Image.Image:
+        """An image this model scores (a service warms on it)."""
+        if self.tiling:
+            return self.input_transform.warm_image()
+        return Image.new('RGB', (self.input_size, self.input_size))
+
+    @staticmethod
+    def collate(inputs):
+        return collate_inputs(inputs)
+
+    def score_images(self, images) -> Tuple[np.ndarray, np.ndarray]:
+        """(B x inp x inp maps, B scores) as float32 numpy, of B x 3 x inp x inp images in [0, 1]; of a tiled
+        model's ``TiledBatch``, (B stitched canvases, B scores), ``tile_batch`` tiles scored at a time."""
+        if isinstance(images, TiledBatch):
+            return tiled_map_scores(self.run, images, self.tile_batch)
         return self.run(images)
 
     def score_batches(self, batches: Iterable[Tuple[torch.Tensor, object]]) -> Iterator[tuple]:
         """(payload, maps, scores) for every (images, payload) of ``batches``, in order, with
         ``streams`` batches scored at once (``utils.pipeline.ordered_map``); the maps are the same
         bytes as ``score_images`` one batch at a time."""
-        for (images, payload), (maps, scores) in ordered_map(lambda batch: self.run(batch[0]), batches,
+        for (images, payload), (maps, scores) in ordered_map(lambda batch: self.score_images(batch[0]), batches,
                                                               self.streams):
             yield payload, maps, scores
 
@@ -185,7 +205,7 @@ class Detector:
         def batches():  # read on a thread, ahead of the scoring (utils.pipeline.read_ahead)
             for start in range(0, len(items), batch_size):
                 images = [as_image(item) for item in items[start:start + batch_size]]
-                yield torch.stack([self.model_input(image) for image in images]), images
+                yield self.collate([self.model_input(image) for image in images]), images
         results = []
         for images, maps, scores in self.score_batches(read_ahead(batches(), depth=self.streams + 1)):
             results += [self.result(maps[j], scores[j], image.size) for j, image in enumerate(images)]

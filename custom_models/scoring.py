@@ -14,7 +14,7 @@ come from the caller (a DataLoader, a list): this module builds no data pipeline
 import functools
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, List
+from typing import Callable, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -55,9 +55,10 @@ def check_finite_scores(log_probs: List[torch.Tensor]) -> None:
 class TestScores:
     log_probs: List[torch.Tensor]  # per pool layer, N x H_l x W_l
     labels: np.ndarray             # N, 0/1
-    masks: np.ndarray              # N x inp x inp, bool
+    masks: np.ndarray              # N x inp x inp, bool (tiled: N x canvas height x width)
     loss: float
     images_per_second: float
+    layouts: Optional[list] = None  # a tiled pass: per image its ``utils.tiling.TileLayout`` (log_probs per tile)
 
 
 def make_scorers(options: ScoreOptions, decoders) -> List[Callable[[torch.Tensor], torch.Tensor]]:
@@ -110,12 +111,39 @@ def score_loader(options: ScoreOptions, batches: Iterable, encoder, decoders) ->
     return TestScores(log_probs, labels, np.concatenate(masks), loss, len(labels) / max(seconds, 1e-9))
 
 
-def calibration_of(log_probs: List[torch.Tensor], encoder, settings: dict, source: str) -> dict:
+def score_tiled(options: ScoreOptions, images: Iterable, encoder, decoders, tile_batch: int) -> TestScores:
+    """``score_loader`` for a tiled model: ``images`` gives (tiles, label, mask, layout) per image
+    (``custom_datasets.tiles.TiledTestImages``); its tiles go through the model ``tile_batch`` at a time, so a
+    few tiles' activations exist at once whatever the image's size. Log-likelihoods per tile, in order."""
+    per_layer = [[] for _ in decoders]
+    labels, masks, layouts = [], [], []
+    start = time.time()
+    with torch.inference_mode():
+        scorers = make_scorers(options, decoders)
+        for tiles, label, mask, layout in progress(images, total=len(images) if hasattr(images, '__len__') else None,
+                                                   desc='test'):
+            labels.append(int(label))
+            masks.append(np.asarray(mask, dtype=bool))
+            layouts.append(layout)
+            for first in range(0, tiles.shape[0], tile_batch):
+                for l, log_prob in enumerate(score_batch(options, encoder, scorers, tiles[first:first + tile_batch])):
+                    per_layer[l].append(log_prob)
+        log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
+    seconds = time.time() - start
+    check_finite_scores(log_probs)
+    loss = torch.cat([nll_loss(lp.flatten().double()) for lp in log_probs]).mean().item()
+    masks = np.stack(masks) if len({m.shape for m in masks}) == 1 else masks  # a list: images of several sizes
+    return TestScores(log_probs, np.array(labels), masks, loss, len(labels) / max(seconds, 1e-9), layouts)
+
+
+def calibration_of(log_probs: List[torch.Tensor], encoder, settings: dict, source: str,
+                   layouts: Optional[list] = None) -> dict:
     """The calibration record (``utils/calibration.py``) of a model from the per-layer log-likelihoods of
-    defect-free images, its maps centred on the encoder's receptive fields (``custom_models/receptive_field.py``)."""
+    defect-free images, its maps centred on the encoder's receptive fields (``custom_models/receptive_field.py``);
+    ``layouts``: a tiled model's, its constants and thresholds measured on the stitched maps."""
     size = int(settings['input_size'])
     grids = [grid.as_list() for grid in encoder.cell_grids(size)]
-    return calibrate_from_log_probs(log_probs, (size, size), source, settings, grids=grids)
+    return calibrate_from_log_probs(log_probs, (size, size), source, settings, grids=grids, layouts=layouts)
 
 
 def deployable(encoder, decoders, settings: dict, calibration: dict) -> AnomalyModel:

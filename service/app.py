@@ -34,7 +34,7 @@ from service.page import PAGE
 from service.records import Records
 from service.telemetry import Telemetry
 from service.uploads import BadUpload, Upload, decode
-from utils.errors import user_message
+from utils.errors import CflowError, user_message
 from utils.viz import display_copy, prediction_picture
 
 log = logging.getLogger('cflow.service')
@@ -171,7 +171,7 @@ class Service:
                                      self.options.max_upload_bytes)
             image = await run_in_threadpool(decode, upload)
             version = self.holder.current
-            tensor = await run_in_threadpool(version.detector.model_input, image)
+            tensor = await run_in_threadpool(model_input, version.detector, image)
             decode_ms = 1000 * (time.perf_counter() - started)
             scored = await self.batcher.score(image, tensor, sensitivity, upload.name, version)
             body = await run_in_threadpool(answer, scored, upload, image, want_mask, want_overlay, decode_ms)
@@ -183,6 +183,14 @@ class Service:
         finally:
             self.batcher.release()
             self.telemetry.queue.dec()
+
+
+def model_input(detector, image):
+    """The image as the model takes it; an image a tiled model's tiles do not fit is the client's to fix (422)."""
+    try:
+        return detector.model_input(image)
+    except CflowError as exc:
+        raise BadUpload(422, str(exc)) from None
 
 
 def key_refused(request: Request, key: Optional[str]) -> Optional[JSONResponse]:

@@ -112,7 +112,7 @@ class Batcher:
         detector = version.detector
         tensors = [job.tensor if job.prepared_for is version else detector.model_input(job.image)  # reloaded since
                    for job in batch]
-        maps, scores = detector.score_images(torch.stack(tensors))
+        maps, scores = detector.score_images(detector.collate(tensors))
         for job in batch:
             t = detector.thresholds
             job.thresholds = t if job.sensitivity is None else t.with_sensitivity(job.sensitivity)

@@ -7,8 +7,6 @@ import os
 import threading
 from dataclasses import dataclass
 
-import torch
-from PIL import Image
 
 from custom_models import load_model
 from custom_models.detector import Detector
@@ -51,9 +49,9 @@ class ModelHolder:
                               image_threshold=o.image_threshold, pixel_threshold=o.pixel_threshold,
                               sensitivity=o.sensitivity)
         detector.prepare(o.max_batch)
-        blank = detector.model_input(Image.new('RGB', (detector.input_size, detector.input_size)))
+        blank = detector.model_input(detector.warm_image())
         for batch in getattr(detector, 'warm_batches', None) or sorted({1, o.max_batch}):
-            detector.score_images(torch.stack([blank] * batch))
+            detector.score_images(detector.collate([blank] * batch))
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         return ModelVersion(detector, path, file_sha256(path), now)
 

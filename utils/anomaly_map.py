@@ -15,11 +15,14 @@ which images were tested together. Calibrated (``utils/calibration.py``): shift_
 are constants measured once on defect-free images, so every image's map stands alone; the
 deployable model (``custom_models/anomaly_model.py``) runs the same function in float32.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from utils.errors import CflowError
+from utils.tiling import stitch
 
 # exp(80) ~ 5.5e34: above it float32 overflows to inf, and the upsampling's zero weights would turn
 # inf into NaN. Only fibers far likelier than any calibration fiber reach it (never with shift = max).
@@ -98,6 +101,36 @@ def calibrated_maps(log_probs: List[torch.Tensor], input_size: Tuple[int, int], 
                                          grids=calibration.get('cell_grids')):
         maps[start:start + part.shape[0]] = (calibration['sum_max'] - part).numpy()
     return maps
+
+
+def stitched_sums(log_probs: List[torch.Tensor], layouts: Sequence, input_size: int, shifts: Sequence,
+                  grids: Optional[Sequence] = None) -> Iterator[np.ndarray]:
+    """Per image of a tiled model, its S canvas in float64: S of each tile (inp x inp, as above) stitched with
+    overlaps averaged (``utils/tiling.py``). ``log_probs``: per layer one row per tile, images in order."""
+    log_probs = [lp.detach().to('cpu', torch.float64) for lp in log_probs]
+    matrices = None if grids is None else grid_matrices([lp.shape[-2:] for lp in log_probs],
+                                                        (input_size, input_size), grids)
+    first = 0
+    for layout in layouts:
+        tiles = summed_probabilities([lp[first:first + len(layout)] for lp in log_probs], (input_size, input_size),
+                                     shifts, matrices)
+        yield stitch(tiles.numpy(), layout, np.float64)
+        first += len(layout)
+
+
+def stitched_maps(log_probs: List[torch.Tensor], layouts: Sequence, input_size: int,
+                  calibration: Optional[dict] = None) -> np.ndarray:
+    """N x h x w float64 anomaly maps of a tiled model's test set, A = offset - S on the stitched canvases:
+    the published normalisation (shift_l and offset the maxima over all tiles of the set) or the calibration's
+    constants. One canvas size is needed to stack them (one line otherwise)."""
+    if len({layout.canvas for layout in layouts}) > 1:
+        raise CflowError(f'the tiled test images give maps of {len({layout.canvas for layout in layouts})} sizes; '
+                         f'the metrics need one: pass --image-size S (every image\'s longer side scaled to S)')
+    if calibration is None:
+        sums = np.stack(list(stitched_sums(log_probs, layouts, input_size, [lp.double().max() for lp in log_probs])))
+        return sums.max() - sums
+    sums = stitched_sums(log_probs, layouts, input_size, calibration['log_p_max'], calibration.get('cell_grids'))
+    return calibration['sum_max'] - np.stack(list(sums))
 
 
 def image_scores(maps: np.ndarray) -> np.ndarray:

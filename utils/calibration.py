@@ -37,7 +37,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from utils.anomaly_map import summed_in_float64
+from utils.anomaly_map import stitched_sums, summed_in_float64
 from utils.errors import CflowError
 
 MASK_PEAK_SHARE = 0.7
@@ -69,21 +69,29 @@ def image_threshold_rule(scores: np.ndarray, image_quantile: float, margin: floa
 
 def calibrate_from_log_probs(log_probs: List[torch.Tensor], input_size: Sequence[int], source: str,
                              settings: dict, image_quantile: float = IMAGE_QUANTILE, margin: float = IMAGE_MARGIN,
-                             pixel_quantile: float = PIXEL_QUANTILE, grids: Optional[List[List[float]]] = None) -> dict:
+                             pixel_quantile: float = PIXEL_QUANTILE, grids: Optional[List[List[float]]] = None,
+                             layouts: Optional[Sequence] = None) -> dict:
     """The calibration record (plain floats, lists and strings: it goes into checkpoints and JSON).
     ``grids``: per layer [stride, offset] of its cells (``custom_models.receptive_field``): the maps, and
     so the constants and thresholds, are centred on them; recorded as ``cell_grids`` (None: the published
-    stretch, as files calibrated before recorded none)."""
-    n = log_probs[0].shape[0]
+    stretch, as files calibrated before recorded none). ``layouts``: a tiled model's (``utils/tiling.py``):
+    ``log_probs`` hold one row per tile, and S is each image's stitched canvas."""
+    n = log_probs[0].shape[0] if layouts is None else len(layouts)
     if n < 2:
         raise CflowError(f'calibration needs at least 2 defect-free images, got {n}')
     log_p_max = [float(lp.max()) for lp in log_probs]
     pixels = int(np.prod(input_size))
-    total_values = n * pixels
+    if layouts is None:
+        total_values = n * pixels
+        blocks = (total for _, total in summed_in_float64(log_probs, tuple(input_size), log_p_max,
+                                                          max(1, CHUNK_VALUES // pixels), grids))
+    else:
+        total_values = sum(layout.canvas[0] * layout.canvas[1] for layout in layouts)
+        blocks = (torch.from_numpy(canvas)[None] for canvas in stitched_sums(log_probs, layouts, input_size[0],
+                                                                             log_p_max, grids))
     keep = min(total_values, int(math.floor((total_values - 1) * (1 - pixel_quantile))) + 2)
-    chunk = max(1, CHUNK_VALUES // pixels)
     sum_max, image_min, lowest = -math.inf, [], torch.empty(0, dtype=torch.float64)
-    for _, total in summed_in_float64(log_probs, tuple(input_size), log_p_max, chunk, grids):
+    for total in blocks:
         flat = total.reshape(total.shape[0], -1)
         sum_max = max(sum_max, float(flat.max()))
         image_min.append(flat.min(dim=1).values)

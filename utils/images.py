@@ -79,6 +79,11 @@ def resize_image(image: Image.Image, input_size: int) -> Image.Image:
     return image.resize((input_size, input_size), Image.LANCZOS)
 
 
+def scale_image(image: Image.Image, size: Tuple[int, int]) -> Image.Image:
+    """``image`` at ``size`` = (width, height), Lanczos as the published resize (a tiled model's --image-size)."""
+    return image if image.size == tuple(size) else image.resize(tuple(size), Image.LANCZOS)
+
+
 def to_model_input(image: Image.Image, input_size: int) -> torch.Tensor:
     """3 x inp x inp in [0, 1]: the published test transform without its normalisation (the
     deployable model normalises inside)."""
