@@ -106,6 +106,7 @@ def add_opt_in_flags(p) -> None:
                    help='differnet: also compare the models on MTD-style tiles (761 training images; 0: skip)')
     p.add_argument('--tiling-seeds', default='101,102',
                    help='tiling: data seeds of the held-out 1,024 px classes (default: 101,102; empty: none)')
+    p.add_argument('--tiling-epochs', default='2x2', help='tiling: META x SUB epochs of the held-out runs (default: 2x2)')
     p.add_argument('--tiling-speed', default=1, type=int, help='tiling: also measure speed and memory (0: skip)')
     p.add_argument('--tiling-rounds', default=3, type=int, help='tiling: interleaved rounds of the speed cases')
     p.add_argument('--tiling-threads', default=2, type=int, help='tiling: torch threads of each speed case')

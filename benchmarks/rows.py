@@ -10,7 +10,7 @@ Number = Union[float, Tuple[float, ...]]
 
 # how a value of each unit is printed; a tuple value prints its parts joined by ' / '
 FORMATS = {'img/s': '{:.1f} img/s', 's': '{:.2f} s', 'ms': '{:.2f} ms', 'MB': '{:.1f} MB', 'px': '{:.2f} px',
-           'F1': 'F1 {:.3f}', 'pt': '{:+.2f}', 'h': '{:.0f} h', '': '{:.2g}'}
+           'F1': 'F1 {:.3f}', 'pt': '{:+.2f}', '%': '{:.2f} %', 'h': '{:.0f} h', '': '{:.2g}'}
 SPREADS = {'img/s': '{:.1f}', 's': '{:.2f}', 'ms': '{:.2f}'}
 
 

@@ -2,7 +2,8 @@
 
 Quality: per unseen data seed, a generated 1,024 px class with 3-px scratches and 5-9 px spots
 (``custom_datasets/highres.py``: 32 training images, 12 held-out good ones to calibrate on, 12 good and 24
-defective test images), ResNet-18 (random init, encoder seed = data seed) at -inp 256, 2 x 2 epochs, trained
+defective test images), ResNet-18 (random init, encoder seed = data seed) at -inp 256, 2 x 2 epochs
+(``--tiling-epochs``), trained
 and calibrated by the norm-train command twice: tiled (--tile 256) and resized (the published pipeline). Both
 are scored by the predict command; image AUROC from its scores, pooled mask F1 from its mask files against
 the true masks (every test pixel).
@@ -29,13 +30,14 @@ from utils.images import read_mask
 from utils.metrics import detection_auroc
 
 
-def train_and_predict(work: str, class_dir: str, seed: int, tiled: bool) -> str:
+def train_and_predict(work: str, class_dir: str, seed: int, tiled: bool, epochs=(2, 2)) -> str:
     """The predict command's output folder for a model trained and calibrated by the norm-train command."""
     from main import main as run_main
     name = 'tiled' if tiled else 'resized'
     out = os.path.join(work, name)
     argv = ['--dataset', 'folder', '--data-path', os.path.dirname(class_dir), '-cl', os.path.basename(class_dir),
-            '-enc', 'resnet18', '-inp', '256', '--meta-epochs', '2', '--sub-epochs', '2', '--encoder-weights', 'none',
+            '-enc', 'resnet18', '-inp', '256', '--meta-epochs', str(epochs[0]), '--sub-epochs', str(epochs[1]),
+            '--encoder-weights', 'none',
             '--no-cuda', '--workers', '2', '--seed', str(seed), '--output-dir', out,
             '--calibration-path', os.path.join(class_dir, 'calibration')] + (['--tile', '256'] if tiled else [])
     with contextlib.redirect_stdout(io.StringIO()):
@@ -68,11 +70,11 @@ def predicted_quality(predicted: str, class_dir: str) -> dict:
             'recall': float(decided[labels].mean())}
 
 
-def held_out(seed: int) -> dict:
+def held_out(seed: int, epochs=(2, 2)) -> dict:
     work = tempfile.mkdtemp(prefix='bench_tiling_')
     try:
         class_dir = make_highres_class(work, 'fine_weave', seed=seed)
-        return {name: predicted_quality(train_and_predict(work, class_dir, seed, name == 'tiled'), class_dir)
+        return {name: predicted_quality(train_and_predict(work, class_dir, seed, name == 'tiled', epochs), class_dir)
                 for name in ('tiled', 'resized')}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -83,19 +85,28 @@ import json, resource, sys, time
 import numpy as np, torch
 from PIL import Image
 from custom_models import load_model
-path, side, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-torch.set_num_threads(int(sys.argv[4]))
+path, width, height, rounds, threads, tile_batch = sys.argv[1], *map(int, sys.argv[2:7])
+torch.set_num_threads(threads)
 rng = np.random.default_rng(0)
-images = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(2)]
+images = [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)) for _ in range(2)]
 model = load_model(path)
-model.prepare(8)
+model.prepare(tile_batch)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 model.predict(images[0])
 start = time.perf_counter()
 for k in range(rounds):
     model.predict(images[k % 2])
 seconds = (time.perf_counter() - start) / rounds
-print(json.dumps({'seconds': seconds, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({'seconds': seconds, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  'before_mb': before}))
 '''
+
+
+def speed_case(path: str, width: int, height: int, rounds: int, threads: int, tile_batch: int = 8) -> dict:
+    """One case in a fresh process (its own peak memory): seconds per image, peak and pre-scoring RSS in MB."""
+    out = subprocess.run([sys.executable, '-c', SPEED_CASE, path, str(width), str(height), str(rounds), str(threads),
+                          str(tile_batch)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def speed_models(work: str) -> dict:
@@ -119,6 +130,18 @@ def speed_models(work: str) -> dict:
     return models
 
 
+def large_image_rows(tiled: str, threads: int) -> list:
+    """A 5,000 x 4,000 image (320 tiles of 256): peak memory with 8 tiles scored at a time (predict's default
+    batch) against all 320 at once."""
+    rows = []
+    for tile_batch in (8, 320):
+        r = speed_case(tiled, 5000, 4000, 1, threads, tile_batch)
+        rows.append(Row(f'tiling, 5000 x 4000 image, 320 tiles, {tile_batch} at a time', r['peak_mb'], 'MB',
+                        notes=f'peak RSS ({r["before_mb"]:.0f} MB before scoring); {r["seconds"]:.1f} s per image',
+                        data=r))
+    return rows
+
+
 def speed(a) -> list:
     work = tempfile.mkdtemp(prefix='bench_tiling_speed_')
     try:
@@ -128,21 +151,21 @@ def speed(a) -> list:
             for side in (256, 512, 1024, 2048):
                 for name, path in models.items():
                     rounds = max(1, 16 // (side // 256) ** 2)
-                    out = subprocess.run([sys.executable, '-c', SPEED_CASE, path, str(side), str(rounds),
-                                          str(a.tiling_threads)], capture_output=True, text=True, check=True)
-                    results.setdefault((side, name), []).append(json.loads(out.stdout.splitlines()[-1]))
+                    results.setdefault((side, name), []).append(speed_case(path, side, side, rounds,
+                                                                           a.tiling_threads))
         rows = []
         for side in (256, 512, 1024, 2048):
             tiles = (side // 256) ** 2
             per = {name: (float(np.median([r['seconds'] for r in results[(side, name)]])),
                           max(r['peak_mb'] for r in results[(side, name)])) for name in models}
             (t_tiled, m_tiled), (t_resized, m_resized) = per['tiled'], per['resized']
-            rows.append(Row(f'tiling, {side} px image, {tiles} tile(s)', 1 / t_tiled, 'img/s', ratio=t_resized / t_tiled,
+            rows.append(Row(f'tiling, {side} px image, {tiles} tile(s)', 1 / t_tiled, 'img/s',
+                            ratio=t_resized / t_tiled,
                             notes=f'peak {m_tiled:.0f} MB; resized to 256 instead: {1 / t_resized:.2f} img/s, '
                                   f'peak {m_resized:.0f} MB (ratio: tiled / resized speed)',
                             data={'tiles': tiles, 'peak_mb': m_tiled, 'resized_img_s': 1 / t_resized,
                                   'resized_peak_mb': m_resized}))
-        return rows
+        return rows + large_image_rows(models['tiled'], a.tiling_threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -150,10 +173,14 @@ def speed(a) -> list:
 def run(a):
     rows = speed(a) if a.tiling_speed else []
     for seed in [int(s) for s in a.tiling_seeds.split(',') if s]:
-        r = held_out(seed)
+        epochs = tuple(int(n) for n in a.tiling_epochs.split('x'))
+        r = held_out(seed, epochs)
+        # printed as each seed ends: kept if a later one fails
+        print(f'tiling held-out, seed {seed}: {json.dumps(r)}', file=sys.stderr, flush=True)
         for name in ('tiled', 'resized'):
             q = r[name]
-            rows.append(Row(f'tiling held-out, seed {seed}, {name}', q['auroc'], 'AUROC %',
-                            notes=f'pooled mask F1 {q["f1"]:.1f} %, image FPR {100 * q["fpr"]:.0f} %, recall '
-                                  f'{100 * q["recall"]:.0f} % (through predict, 1,024 px class)', data=q))
+            rows.append(Row(f'tiling held-out, seed {seed}, {name}', q['auroc'], '%', data=q,
+                            notes=f'image AUROC; pooled mask F1 {q["f1"]:.1f} %, image FPR {100 * q["fpr"]:.0f} %, '
+                                  f'recall {100 * q["recall"]:.0f} % (through predict, 1,024 px class, '
+                                  f'{a.tiling_epochs} epochs)'))
     return rows

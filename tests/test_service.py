@@ -207,15 +207,20 @@ def test_a_reload_under_a_steady_client_loop_loses_no_request(server, model, exp
     status, body, _ = request(f'{server.url}/reload?path={other}.missing', b'', method='POST')
     assert status == 400 and 'did not load' in body['error'] and 'still serves' in body['error']
     server.process.send_signal(signal.SIGHUP)  # the file being served, read again
-    time.sleep(1.0)
+
+    def reloads():
+        return [line for line in request(server.url + '/metrics')[1].splitlines()
+                if line.startswith('cflow_reloads_total')]
+    deadline = time.time() + 60  # the SIGHUP reload runs beside the client loop: seconds on a busy machine
+    while time.time() < deadline and not any('result="loaded"} 2.0' in line for line in reloads()):
+        time.sleep(0.2)
+    time.sleep(0.5)  # requests go on after the swap
     stop.set()
     client.join(60)
     assert statuses and set(statuses) == {200}
     assert request(server.url + '/model')[1]['file'] == os.path.abspath(other)
-    reloads = [line for line in request(server.url + '/metrics')[1].splitlines()
-               if line.startswith('cflow_reloads_total')]
-    assert any('result="loaded"} 2.0' in line for line in reloads) and any('result="failed"} 1.0' in line
-                                                                            for line in reloads)
+    assert any('result="loaded"} 2.0' in line for line in reloads()) and any('result="failed"} 1.0' in line
+                                                                              for line in reloads())
 
 
 def test_a_full_queue_answers_503_with_retry_after_never_a_backlog(model, tmp_path):

@@ -100,7 +100,8 @@ def test_one_tile_over_the_whole_image_gives_every_map_score_and_decision_of_the
     tiled_calibration = calibration_on_images(loaded.encoder, loaded.decoders, settings, calibration_paths,
                                               loaded.calibration['source'], ScoreOptions(), LoaderOptions(batch_size=1))
     untiled_calibration = calibration_on_images(loaded.encoder, loaded.decoders, loaded.settings, calibration_paths,
-                                                loaded.calibration['source'], ScoreOptions(), LoaderOptions(batch_size=1))
+                                                loaded.calibration['source'], ScoreOptions(),
+                                                LoaderOptions(batch_size=1))
     assert {k: v for k, v in tiled_calibration.items() if k != 'settings'} == \
         {k: v for k, v in untiled_calibration.items() if k != 'settings'}
     untiled = detector_from_model(loaded, untiled_calibration, 'cpu', checkpoint)
@@ -150,6 +151,21 @@ def test_training_uses_every_tile_of_the_good_images_and_records_the_tiling(tile
     assert {k: loaded.calibration['settings'][k] for k in ('tile', 'tile_overlap', 'image_size')} == \
         {'tile': 128, 'tile_overlap': 32, 'image_size': None}
     assert loaded.calibration['n_images'] == 4  # images, not tiles
+
+
+def test_the_stored_thresholds_are_the_calibration_rule_on_the_stitched_maps_of_the_good_images(tiled):
+    from custom_datasets.common import list_images_recursive
+    from utils.calibration import thresholds_from_maps
+    _, checkpoint, class_dir = tiled
+    model = load_model(checkpoint)
+    canvases = np.stack([p.model_map for p in model.predict(list_images_recursive(os.path.join(class_dir,
+                                                                                               'calibration')))])
+    assert canvases.shape == (4, 128, 128)  # 256-px images, 128-px tiles at inp 64: half a cell per pixel
+    expected = thresholds_from_maps(canvases)
+    for name in ('image_threshold', 'pixel_threshold'):
+        assert model.calibration[name] == pytest.approx(expected[name], rel=1e-5), name
+    # the canvas minimum is 0 somewhere: S_ref is the stitched maps' maximum of S over the good images
+    assert canvases.min() == pytest.approx(0, abs=1e-5)
 
 
 def test_training_tiles_kept_in_memory_are_the_tiles_read_from_the_files(tiled, monkeypatch):
@@ -230,7 +246,8 @@ def test_bad_tile_settings_on_the_command_line_are_one_line(tiled, trained, caps
     assert_one_line_error(*run_cli(capsys, ['--action-type', 'predict', '--checkpoint', trained[1], '--input',
                                             class_dir, '--tile', '128']), 'calibrated on whole images, not tiles')
     assert_one_line_error(*run_cli(capsys, ['--action-type', 'export', '--checkpoint', checkpoint, '--quantize',
-                                            'int8', '--calibration-path', class_dir, '--output', str(tmp_path / 'q.xml')]),
+                                            'int8', '--calibration-path', class_dir,
+                                            '--output', str(tmp_path / 'q.xml')]),
                           'not available for a tiled model')
     assert_one_line_error(*run_cli(capsys, data + ['--model', 'differnet', '--tile', '128']), '--tile is for CFLOW')
     Image.open(root / 'wide.png').crop((0, 0, 100, 100)).save(tmp_path / 'small.png')
@@ -273,3 +290,17 @@ def test_the_submission_writer_gives_a_tiled_models_maps_at_each_images_own_size
     assert written.shape == (200, 260)
     np.testing.assert_array_equal(written, as_float16(load_model(checkpoint).predict(image).anomaly_map))
     assert 'SEG_F1' in json.load(open(out / 'metrics_can.json'))
+
+
+def test_image_size_scales_the_longer_side_before_tiling(tiled):
+    from utils.images import scale_image
+    root, checkpoint, _ = tiled
+    loaded = read_model(checkpoint, {})
+    loaded.settings = {**loaded.settings, 'image_size': 256}
+    model = detector_from_model(loaded, loaded.calibration, 'cpu', checkpoint)
+    large = Image.open(root / 'wide.png').resize((512, 340), Image.BICUBIC)
+    result = model.predict(large)
+    assert result.model_map.shape == (85, 128) and result.anomaly_map.shape == result.mask.shape == (340, 512)
+    scaled = model.predict(scale_image(large, (256, 170)))  # the same image, scaled by hand first
+    np.testing.assert_array_equal(result.model_map, scaled.model_map)
+    assert result.score == scaled.score

@@ -52,8 +52,8 @@ class Tiling:
         if self.overlap < 0:
             raise CflowError(f'--tile-overlap must be 0 or more pixels, got {self.overlap}')
         if self.overlap >= self.tile:
-            raise CflowError(f'--tile-overlap {self.overlap} must be smaller than --tile {self.tile} (the grid steps by '
-                             f'tile - overlap pixels): pass e.g. --tile-overlap {self.tile // 4}')
+            raise CflowError(f'--tile-overlap {self.overlap} must be smaller than --tile {self.tile} (the grid steps '
+                             f'by tile - overlap pixels): pass e.g. --tile-overlap {self.tile // 4}')
         if self.image_size is not None and self.image_size < self.tile:
             raise CflowError(f'--image-size {self.image_size} is smaller than --tile {self.tile}: no tile fits the '
                              f'scaled image; pass --image-size {self.tile} or more, or a smaller --tile')
@@ -109,8 +109,8 @@ def tile_layout(size: Tuple[int, int], tiling: Tiling, input_size: int) -> TileL
     width, height = scaled_size(size, tiling.image_size)
     if tiling.tile > min(width, height):
         scaled = f' (scaled to {width}x{height} by --image-size {tiling.image_size})' if tiling.image_size else ''
-        raise CflowError(f'the image is {size[0]}x{size[1]} px{scaled}, smaller than --tile {tiling.tile}: tiles must fit '
-                         f'inside the image; pass --tile {min(width, height)} or less (or a larger --image-size)')
+        raise CflowError(f'the image is {size[0]}x{size[1]} px{scaled}, smaller than --tile {tiling.tile}: tiles must '
+                         f'fit inside the image; pass --tile {min(width, height)} or less (or a larger --image-size)')
     r = input_size / tiling.tile  # canvas cells per image pixel
     xs, ys = grid_starts(width, tiling.tile, tiling.overlap), grid_starts(height, tiling.tile, tiling.overlap)
     boxes = tuple((x, y) for y in ys for x in xs)
