@@ -10,7 +10,9 @@ Every input is resized the published way (``utils.images.to_model_input``), scor
 the calibrated model (``custom_models.scoring.deployable``, or its ONNX export), and given back
 at its own size: the anomaly map (bilinear from the model's inp x inp map), the decision
 (score > t_I) and the mask (A > t_M at the model's resolution, nearest-resized; empty when
-decided good). ``predict.py`` runs this same object, so the command line and Python agree.
+decided good). ``predict.py`` runs this same object, so the command line and Python agree. A tiled
+model (``utils/tiling.py``, stated by its file) cuts each input into tiles, scores them a few at a time
+and stitches their maps: its "model's map" is the stitched canvas.
 
 Thresholds (``Thresholds``): the stored ones, or moved by one sensitivity S, or set absolutely:
 
