@@ -109,7 +109,7 @@ def map_metrics(c, labels, masks, maps: np.ndarray, image_score: np.ndarray) -> 
     return metrics
 
 
-def test_maps(c, scores: TestScores, calibration: Optional[dict] = None) -> np.ndarray:
+def set_maps(c, scores: TestScores, calibration: Optional[dict] = None) -> np.ndarray:
     """The anomaly maps of a test pass: normalised over the set as published, or with the calibration's
     constants; a tiled model's stitched (``utils/tiling.py``), at the canvas resolution."""
     if scores.layouts is not None:
@@ -129,14 +129,14 @@ def tiled_sets(c, train_set, test_set):
             tiled_test_set(test_set, tiling) if test_set is not None else None)
 
 
-def test_pass(c, loader, encoder, decoders) -> TestScores:
+def score_test_set(c, loader, encoder, decoders) -> TestScores:
     """One pass over the test set (a tiled model's: its tiles, -bs at a time)."""
     if tiling_of(model_settings(c)) is not None:
         return score_tiled(score_options(c), loader, encoder, decoders, c.batch_size)
     return score_loader(score_options(c), loader, encoder, decoders)
 
 
-def test_loader_of(c, test_set):
+def replayed_test_loader(c, test_set):
     """The test set's loader, replayed from memory after the first pass (``--test-cache-mb``)."""
     if tiling_of(model_settings(c)) is not None:
         from custom_datasets.tiles import tiled_loader
@@ -146,7 +146,7 @@ def test_loader_of(c, test_set):
 
 def evaluate(c, scores: TestScores):
     """Anomaly maps, image scores and the metrics (in %) of one test pass (published normalisation)."""
-    maps = test_maps(c, scores)
+    maps = set_maps(c, scores)
     image_score = image_scores(maps)
     return maps, image_score, map_metrics(c, scores.labels, scores.masks, maps, image_score)
 
@@ -154,7 +154,7 @@ def evaluate(c, scores: TestScores):
 def evaluate_calibrated(c, scores: TestScores, calibration: dict) -> dict:
     """The calibrated maps' metrics, and the decisions at the stored threshold beside the F1-optimal one
     (an oracle: it is chosen with the test labels)."""
-    maps = test_maps(c, scores, calibration)
+    maps = set_maps(c, scores, calibration)
     image_score = image_scores(maps)
     oracle = image_f1_optimal_threshold(scores.labels, image_score)
     return {**map_metrics(c, scores.labels, scores.masks, maps, image_score),
@@ -224,7 +224,7 @@ def run(c) -> dict:
     print(f'Model {c.model} on {c.device}: encoder {c.enc_arch} taps {encoder.tap_names} '
           f'(channels {encoder.pool_dims}), {len(train_set) if train_set else 0} train / '
           f'{count(len(test_set) if labelled else 0, "test image")}')
-    test_loader = test_loader_of(c, test_set) if labelled else None
+    test_loader = replayed_test_loader(c, test_set) if labelled else None
     calibration_paths = None
     if c.action_type == 'norm-train' and c.calibration_path:
         calibration_paths = calibration_images(c.calibration_path)  # a typo or bad image costs no training
@@ -252,7 +252,7 @@ def run(c) -> dict:
                 history.append({'epoch': epoch, 'train_loss': train_loss})
                 write_results(c.items(), run_files, observers, history, checkpoints, status='running')
                 continue
-            scores = test_pass(c, test_loader, encoder, decoders)
+            scores = score_test_set(c, test_loader, encoder, decoders)
             print(f'Epoch: {epoch:d} \t test_loss: {scores.loss:.4f} and {scores.images_per_second:.2f} fps')
             maps, image_score, metrics = evaluate(c, scores)
             improved = {name: observers[name].update(value, epoch) for name, value in metrics.items()
@@ -310,7 +310,7 @@ def visualize(c, folder: str, paths, scores: TestScores, maps, image_score, cali
     the published maps with the oracle thresholds; returns the folder."""
     from utils.viz import save_visualizations
     if calibration is not None:
-        maps = test_maps(c, scores, calibration)
+        maps = set_maps(c, scores, calibration)
         image_score = image_scores(maps)
     folder = save_visualizations(c.class_name, folder, paths, maps, image_score, scores.labels, scores.masks,
                                  epoch=epoch, read_image=read_rgb, calibration=calibration)
