@@ -131,14 +131,14 @@ def tiled_sets(c, train_set, test_set):
 
 def score_test_set(c, loader, encoder, decoders) -> TestScores:
     """One pass over the test set (a tiled model's: its tiles, -bs at a time)."""
-    if tiling_of(model_settings(c)) is not None:
+    if c.tile is not None:
         return score_tiled(score_options(c), loader, encoder, decoders, c.batch_size)
     return score_loader(score_options(c), loader, encoder, decoders)
 
 
 def replayed_test_loader(c, test_set):
     """The test set's loader, replayed from memory after the first pass (``--test-cache-mb``)."""
-    if tiling_of(model_settings(c)) is not None:
+    if c.tile is not None:
         from custom_datasets.tiles import tiled_loader
         return ReplayLoader(tiled_loader(test_set, c.workers), c.test_cache_mb)
     return ReplayLoader(make_loader(test_set, False, loader_options(c)), c.test_cache_mb)

@@ -103,12 +103,17 @@ def score_loader(options: ScoreOptions, batches: Iterable, encoder, decoders) ->
             masks.append(mask[:, 0].numpy() != 0)
             for l, log_prob in enumerate(score_batch(options, encoder, scorers, image)):
                 per_layer[l].append(log_prob)
-        log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
+    return finished_scores(per_layer, np.concatenate(labels), np.concatenate(masks), start)
+
+
+def finished_scores(per_layer: List[List[torch.Tensor]], labels: np.ndarray, masks, start: float,
+                    layouts: Optional[list] = None) -> TestScores:
+    """The pass's ``TestScores``: per layer its batches concatenated, checked finite, the test loss, the rate."""
+    log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
     seconds = time.time() - start
     check_finite_scores(log_probs)
     loss = torch.cat([nll_loss(lp.flatten().double()) for lp in log_probs]).mean().item()
-    labels = np.concatenate(labels)
-    return TestScores(log_probs, labels, np.concatenate(masks), loss, len(labels) / max(seconds, 1e-9))
+    return TestScores(log_probs, labels, masks, loss, len(labels) / max(seconds, 1e-9), layouts)
 
 
 def score_tiled(options: ScoreOptions, images: Iterable, encoder, decoders, tile_batch: int) -> TestScores:
@@ -128,12 +133,8 @@ def score_tiled(options: ScoreOptions, images: Iterable, encoder, decoders, tile
             for first in range(0, tiles.shape[0], tile_batch):
                 for l, log_prob in enumerate(score_batch(options, encoder, scorers, tiles[first:first + tile_batch])):
                     per_layer[l].append(log_prob)
-        log_probs = [torch.cat(chunks).cpu() for chunks in per_layer]
-    seconds = time.time() - start
-    check_finite_scores(log_probs)
-    loss = torch.cat([nll_loss(lp.flatten().double()) for lp in log_probs]).mean().item()
     masks = np.stack(masks) if len({m.shape for m in masks}) == 1 else masks  # a list: images of several sizes
-    return TestScores(log_probs, np.array(labels), masks, loss, len(labels) / max(seconds, 1e-9), layouts)
+    return finished_scores(per_layer, np.array(labels), masks, start, layouts)
 
 
 def calibration_of(log_probs: List[torch.Tensor], encoder, settings: dict, source: str,
