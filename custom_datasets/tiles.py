@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from custom_datasets.common import LabelledImages, check_readable, rotate_like_random_rotation
+from utils.errors import CflowError
 from utils.images import read_mask, read_rgb, resize_mask, scale_image
 from utils.tiling import TileLayout, Tiling, as_unit_float, cut_tile, cut_tiles, tile_layout
 
@@ -27,7 +28,6 @@ TILE_CACHE_BYTES = 1 << 30
 
 def layouts_of(paths: Sequence[str], tiling: Tiling, input_size: int) -> List[TileLayout]:
     """Each image's layout from its header (no pixels read); a tile that does not fit is one line naming it."""
-    from utils.errors import CflowError
     layouts = []
     for path, size in zip(paths, check_readable(list(paths))):
         try:

@@ -74,14 +74,20 @@ def summed_probabilities(log_probs: Sequence[torch.Tensor], size: Tuple[int, int
     return total
 
 
+def in_float64(log_probs: List[torch.Tensor], size: Tuple[int, int],
+               grids: Optional[Sequence]) -> Tuple[List[torch.Tensor], Optional[List[Matrices]]]:
+    """The log-likelihoods in float64 on the CPU, and per layer the ``grid_matrices`` at ``size`` (None: published)."""
+    log_probs = [lp.detach().to('cpu', torch.float64) for lp in log_probs]
+    return log_probs, None if grids is None else grid_matrices([lp.shape[-2:] for lp in log_probs], size, grids)
+
+
 def summed_in_float64(log_probs: List[torch.Tensor], size: Tuple[int, int], shifts: Optional[Sequence] = None,
                       chunk: int = 64, grids: Optional[Sequence] = None):
     """(start, S of images start .. start + chunk) in float64 on the CPU, a chunk at a time (one layer's
     full-size maps never all exist); shift_l = max(log p_l) over all images by default; ``grids``: per layer
     [stride, offset] to centre the cells on (the matrices made once), or None (published)."""
-    log_probs = [lp.detach().to('cpu', torch.float64) for lp in log_probs]
+    log_probs, matrices = in_float64(log_probs, size, grids)
     shifts = [lp.max() for lp in log_probs] if shifts is None else shifts
-    matrices = None if grids is None else grid_matrices([lp.shape[-2:] for lp in log_probs], size, grids)
     for start in range(0, log_probs[0].shape[0], chunk):
         yield start, summed_probabilities([lp[start:start + chunk] for lp in log_probs], size, shifts, matrices)
 
@@ -107,9 +113,7 @@ def stitched_sums(log_probs: List[torch.Tensor], layouts: Sequence, input_size: 
                   grids: Optional[Sequence] = None) -> Iterator[np.ndarray]:
     """Per image of a tiled model, its S canvas in float64: S of each tile (inp x inp, as above) stitched with
     overlaps averaged (``utils/tiling.py``). ``log_probs``: per layer one row per tile, images in order."""
-    log_probs = [lp.detach().to('cpu', torch.float64) for lp in log_probs]
-    matrices = None if grids is None else grid_matrices([lp.shape[-2:] for lp in log_probs],
-                                                        (input_size, input_size), grids)
+    log_probs, matrices = in_float64(log_probs, (input_size, input_size), grids)
     first = 0
     for layout in layouts:
         tiles = summed_probabilities([lp[first:first + len(layout)] for lp in log_probs], (input_size, input_size),

@@ -36,9 +36,6 @@ from PIL import Image
 from utils.errors import CflowError
 from utils.images import resize_image, scale_image
 
-TILING_KEYS = ('tile', 'tile_overlap', 'image_size')  # what a model file records (its settings)
-
-
 @dataclass(frozen=True)
 class Tiling:
     tile: int                         # T: tile side in pixels of the (scaled) image
